@@ -229,6 +229,38 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
     return query, db, params
 
 
+def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathLike,
+                   image_size: int | Sequence[int] = 1024, scales: Sequence[float] = (1.0,),
+                   batch_size: int = 16, device: str = "cpu", workers: int = 0, overwrite: bool = False,
+                   progress: bool = True, desc: str = "extract") -> np.ndarray:
+    """Descriptors (N, D) of a plain image list (e.g. a training split), cached at ``path`` (.npz).
+
+    The file holds ``vecs`` and the parameters that made them (weights fingerprint, sizes, scales,
+    a hash of the paths); it is reused only when all of them match, so descriptors of other
+    weights or images are never picked up. Written atomically.
+    """
+    from .io import atomic_save_npz
+
+    names = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
+    params = _jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
+                            image_size=_size_param(image_size), scales=[float(s) for s in scales],
+                            n=len(paths), paths_sha1=names))
+    path = Path(path)
+    if path.exists() and not overwrite:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                vecs, old = z["vecs"], json.loads(str(z["params"]))
+        except (KeyError, ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a descriptor file with 'vecs' and 'params' ({e}); "
+                             f"delete it or pass overwrite=True") from e
+        if old == params:
+            return vecs
+    vecs = extract_vectors(model, paths, image_size=image_size, scales=scales, batch_size=batch_size,
+                           device=device, workers=workers, desc=desc, progress=progress)
+    atomic_save_npz(path, vecs=vecs, params=np.array(json.dumps(params, sort_keys=True)))
+    return vecs
+
+
 def _read_json(path: Path):
     try:
         with open(path) as fh:

@@ -99,13 +99,14 @@ def train_global(config: dict):
     """Build :func:`global_tuples` and train it; returns ``(model, history)``."""
     cfg = global_config(**config)
     model, data, loss_fn = global_tuples(cfg)
-    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg))
+    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=_task_options(cfg, GLOBAL_DEFAULTS))
     model.meta["trained"] = True
     return model, history
 
 
 CSA_DEFAULTS = dict(
-    train_features=None,        # .npy (N, D) first-stage descriptors of the training split's images
+    train_features=None,        # (N, D) descriptors of the training split (.npy, or .npz from extract_cached); a list: augmented
+    whitening=None,             # a saved Whitening (.npz) applied to them first (or a list, one per train_features)
     train_set="synth", preset="default", root=None,
     K=512, L=512, dim=768, depth=2, heads=12, mlp_ratio=4.0, drop=0.1, attn_drop=0.1, drop_path=0.1,
     temperature=2.0, alpha=0.2,
@@ -120,28 +121,59 @@ def csa_config(**overrides) -> dict:
     return _config(CSA_DEFAULTS, overrides, "CSA")
 
 
+def load_vectors(path) -> "np.ndarray":
+    """Descriptors (N, D) from a ``.npy`` or from a ``.npz`` written by
+    :func:`retrieval.extract.extract_cached` (key ``vecs``)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"descriptor file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "vecs" not in z:
+                raise ValueError(f"{path}: expected an array 'vecs' (extract_cached), found {sorted(z)}")
+            return z["vecs"]
+    return np.load(path, allow_pickle=False)
+
+
 def csa_lists(config: dict):
     """CSA training (Ouyang et al., NeurIPS 2021) on the training split's ranked lists: every training
-    image is a query, positives share its landmark label. Returns ``(model, data, loss_fn)``."""
-    import numpy as np
+    image is a query, positives share its landmark label. Returns ``(model, data, loss_fn)``;
+    ``data(epoch)`` is one :class:`~retrieval.models.csa.CSALists`, or their concatenation when
+    ``train_features`` lists several extractors' descriptors (the paper's "augmented" training:
+    the same images ranked by each extractor; ``whitening`` then a list of the same length, items
+    may be None)."""
+    from torch.utils.data import ConcatDataset
 
     from .models.csa import CSALists, build_csa, csa_loss
 
     cfg = csa_config(**{k: v for k, v in config.items() if k in csa_config()})
-    if cfg["train_features"] is None:
-        raise ValueError("train_features: path of a .npy with the training split's descriptors is required")
-    X = np.load(cfg["train_features"])
+    if not cfg["train_features"]:
+        raise ValueError("train_features: path of a .npy/.npz with the training split's descriptors is required")
+    several = isinstance(cfg["train_features"], (list, tuple))
+    files = list(cfg["train_features"]) if several else [cfg["train_features"]]
+    whitenings = cfg["whitening"] if isinstance(cfg["whitening"], (list, tuple)) else [cfg["whitening"]] * len(files)
+    if len(whitenings) != len(files):
+        raise ValueError(f"whitening: {len(whitenings)} entries for {len(files)} train_features files")
     split = _train_split(cfg)["train"]
     labels = split.get("labels", split["cluster"])
-    if len(labels) != len(X):
-        raise ValueError(f"train_features has {len(X)} rows but the training split {len(labels)} images")
-    data = CSALists(X, labels, K=cfg["K"], L=cfg["L"], seed=cfg["seed"])
+    parts = []
+    for path, white in zip(files, whitenings):
+        X = load_vectors(path)
+        if white:
+            from .models.whitening import Whitening
+            X = Whitening.load(white).apply(X)
+        if len(labels) != len(X):
+            raise ValueError(f"train_features {path} has {len(X)} rows but the training split {len(labels)} images")
+        parts.append(CSALists(X, labels, K=cfg["K"], L=cfg["L"], seed=cfg["seed"] + len(parts)))
     model = build_csa(cfg["L"], cfg["dim"], cfg["depth"], cfg["heads"], cfg["mlp_ratio"], True,
                       cfg["drop"], cfg["attn_drop"], cfg["drop_path"])
 
     def dataset(epoch: int):
-        data.set_epoch(epoch)
-        return data
+        for part in parts:
+            part.set_epoch(epoch)
+        return ConcatDataset(parts) if len(parts) > 1 else parts[0]
 
     def loss_fn(net, batch):
         aff, positives = batch
@@ -151,9 +183,24 @@ def csa_lists(config: dict):
     return model, dataset, loss_fn
 
 
+def _task_options(cfg: dict, defaults: dict, paths: tuple = ("root",)) -> dict:
+    """The task options of ``cfg`` (not TrainConfig fields, not ``paths``) for :func:`fit`'s ``task``."""
+    skip = set(TrainConfig().to_dict()) | set(paths)
+    return {k: cfg[k] for k in defaults if k not in skip}
+
+
 def train_csa(config: dict):
-    """Build :func:`csa_lists` and train it; returns ``(model, history)``."""
+    """Build :func:`csa_lists` and train it; returns ``(model, history)``. The checkpoint records
+    the options and a hash of the training lists' descriptors and labels, so ``resume`` never
+    continues a model trained on other lists."""
+    import hashlib
+
     cfg = csa_config(**config)
     model, data, loss_fn = csa_lists(cfg)
-    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg))
+    lists = data(0)
+    h = hashlib.sha1()
+    for part in getattr(lists, "datasets", [lists]):
+        h.update(part.x.numpy().tobytes() + part.labels.numpy().tobytes())
+    task = dict(_task_options(cfg, CSA_DEFAULTS, ("root", "train_features", "whitening")), lists_sha1=h.hexdigest())
+    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     return model.eval(), history

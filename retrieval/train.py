@@ -377,7 +377,8 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 def fit(model: nn.Module, data: Dataset | Callable[[int], Dataset], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
         cfg: TrainConfig, on_epoch_end: Callable[[int, list, nn.Module], dict | None] | None = None,
-        collate_fn: Callable | None = None, params: Iterable[dict] | None = None) -> list[dict]:
+        collate_fn: Callable | None = None, params: Iterable[dict] | None = None,
+        task: dict | None = None) -> list[dict]:
     """Train ``model`` in place; return the history (one dict per epoch: epoch (0-based), loss
     (mean over steps and ranks), lr (last step), seconds (dataset build + training), steps, step).
 
@@ -388,17 +389,20 @@ def fit(model: nn.Module, data: Dataset | Callable[[int], Dataset], loss_fn: Cal
     checkpoint (so the saved RNG states include its draws); a returned dict is merged into that
     epoch's record. ``params``: optimizer groups (default
     :func:`param_groups`). With ``cfg.resume`` the run continues from ``out_dir/checkpoint.pt``.
+    ``task``: JSON-able description of the model and data (task options, a hash of the training
+    data) stored in the checkpoint; resuming from a checkpoint whose ``task`` differs is an error,
+    so a changed experiment never silently continues another one's weights.
     """
     created = init_distributed(cfg.device)
     try:
-        return _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params)
+        return _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task)
     finally:
         if created:
             barrier()
             dist.destroy_process_group()
 
 
-def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params) -> list[dict]:
+def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task=None) -> list[dict]:
     device, main_proc = _device(cfg), is_main()
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -410,6 +414,7 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params) -> list[di
     if cfg.resume and ckpt_path is not None and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
         _warn_config_change(ckpt["config"], cfg)
+        _check_task(ckpt.get("task"), task, ckpt_path)
         model.load_state_dict(ckpt["model"])
     start = ckpt["epoch"] if ckpt else 0
     history: list[dict] = list(ckpt["history"]) if ckpt else []
@@ -514,13 +519,25 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params) -> list[di
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                      "epoch": epoch + 1, "step": step, "steps_per_epoch": steps_per_epoch,
-                     "rng": rngs, "world_size": world(), "config": cfg.to_dict(), "history": history}
+                     "rng": rngs, "world_size": world(), "config": cfg.to_dict(), "history": history,
+                     "task": task}
             save_checkpoint(ckpt_path, state)
             if cfg.keep_epoch_checkpoints:
                 _atomic_copy(ckpt_path, out / f"checkpoint_epoch{epoch + 1}.pt")
             atomic_write_json(out / HISTORY, history)
             save_figure(plot_history(history), out / CURVE)
     return history
+
+
+def _check_task(saved: dict | None, task: dict | None, path) -> None:
+    if task is None or saved == task:
+        return
+    if saved is None:
+        warnings.warn(f"{path}: checkpoint has no task record (older version); cannot check it matches {task}")
+        return
+    diff = {k: (saved.get(k), task.get(k)) for k in sorted(set(saved) | set(task)) if saved.get(k) != task.get(k)}
+    raise ValueError(f"{path}: checkpoint of another experiment (saved, now): {diff}; "
+                     "train into another out_dir, or set resume=False to start again")
 
 
 def _warn_config_change(saved: dict, cfg: TrainConfig) -> None:

@@ -388,3 +388,47 @@ def test_inference_benchmark_runs_and_agrees(tmp_path):
                       "--device", "cpu", "--out", str(tmp_path / "b.json")])
     assert res["same_ranks"] and res["loop_qps"] > 0 and res["batched_qps"] > 0
     assert _json.loads((tmp_path / "b.json").read_text())["K"] == 12
+
+
+def test_csa_task_whitens_training_features(tmp_path):
+    """``whitening`` is applied to the training descriptors before the lists are built, and
+    ``train_features`` may be an extract_cached .npz."""
+    from retrieval.datasets import generate, load_sfm
+    from retrieval.models.whitening import Whitening
+    from retrieval.models.csa import CSALists
+    from retrieval.tasks import csa_config, csa_lists, load_vectors
+
+    root = tmp_path / "data"
+    generate("tiny", root, progress=False)
+    labels = np.asarray(load_sfm(root, "synth-tiny")["train"]["labels"])
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((len(labels), 12)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    np.savez(tmp_path / "X.npz", vecs=X, params=np.array("{}"))
+    np.testing.assert_array_equal(load_vectors(tmp_path / "X.npz"), X)
+    w = Whitening(mean=rng.standard_normal(12) * 0.1, P=rng.standard_normal((12, 12)), kind="learned")
+    w.save(tmp_path / "w.npz")
+    cfg = csa_config(train_features=str(tmp_path / "X.npz"), whitening=str(tmp_path / "w.npz"), preset="tiny",
+                     root=str(root), K=6, L=4, dim=8, heads=2, device="cpu", out_dir=None)
+    data = csa_lists(cfg)[1](0)
+    ref = CSALists(w.apply(X), labels, K=6, L=4, seed=cfg["seed"])
+    for i in (0, 7):
+        np.testing.assert_allclose(data[i][0].numpy(), ref[i][0].numpy(), atol=1e-5)
+        assert torch.equal(data[i][1], ref[i][1])
+    # augmented: lists of two extractors (the second unwhitened) concatenated
+    X2 = rng.standard_normal((len(labels), 6)).astype(np.float32)
+    np.save(tmp_path / "X2.npy", X2 / np.linalg.norm(X2, axis=1, keepdims=True))
+    aug = dict(cfg, train_features=[str(tmp_path / "X.npz"), str(tmp_path / "X2.npy")],
+               whitening=[str(tmp_path / "w.npz"), None])
+    both = csa_lists(aug)[1](0)
+    assert len(both) == 2 * len(labels)
+    ref2 = CSALists(np.load(tmp_path / "X2.npy"), labels, K=6, L=4, seed=cfg["seed"] + 1)
+    np.testing.assert_allclose(both[len(labels) + 3][0].numpy(), ref2[3][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(both[3][0].numpy(), ref[3][0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="whitening: 1 entries for 2"):
+        csa_lists(dict(aug, whitening=[None]))
+    np.savez(tmp_path / "bad.npz", other=X)
+    with pytest.raises(ValueError, match="bad.npz.*vecs"):
+        load_vectors(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_vectors(tmp_path / "missing.npy")

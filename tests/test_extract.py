@@ -405,3 +405,29 @@ def test_multiscale_of_whitened_network_uses_plain_mean():
     ref = (vs[0] + vs[1]) / 2
     ref = ref / ref.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(describe(net, x, (1.0, 0.5)), ref, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- extract_cached
+def test_extract_cached_round_trip_and_invalidation(model, images, tmp_path, monkeypatch):
+    path = tmp_path / "train.npz"
+    vecs = rx.extract_cached(model, images, path, image_size=SIZE, progress=False)
+    np.testing.assert_allclose(vecs, rx.extract_vectors(model, images, image_size=SIZE, progress=False), atol=1e-6)
+    assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+    boom = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("re-extracted"))  # noqa: E731
+    monkeypatch.setattr(rx, "extract_vectors", boom)
+    np.testing.assert_array_equal(rx.extract_cached(model, images, path, image_size=SIZE, progress=False), vecs)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    for kwargs in (dict(model=other, paths=images), dict(model=model, paths=images[:3]),
+                   dict(model=model, paths=images, image_size=SIZE + 8)):
+        kw = dict(image_size=SIZE, progress=False) | kwargs
+        with pytest.raises(RuntimeError, match="re-extracted"):
+            rx.extract_cached(kw.pop("model"), kw.pop("paths"), path, **kw)
+
+
+def test_extract_cached_rejects_foreign_file(model, images, tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, other=np.zeros(3))
+    with pytest.raises(ValueError, match="x.npz.*vecs"):
+        rx.extract_cached(model, images, path, image_size=SIZE, progress=False)

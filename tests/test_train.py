@@ -398,3 +398,16 @@ def test_cuda_amp(toy, tmp_path, dtype):
     assert set(seen) == {(True, "cuda")} and hist[-1]["loss"] < hist[0]["loss"]
     scaler = rt.load_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
     assert bool(scaler) == (dtype == "fp16")  # GradScaler only for fp16
+
+
+def test_resume_refuses_another_task(toy, tmp_path):
+    """A checkpoint records ``task``; resuming with another one is an error, with the same one it continues."""
+    out = tmp_path / "t"
+    fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=1), task={"lists_sha1": "aa", "K": 8})
+    assert rt.load_checkpoint(out / "checkpoint.pt")["task"] == {"lists_sha1": "aa", "K": 8}
+    with pytest.raises(ValueError, match=r"checkpoint of another experiment.*'lists_sha1': \('aa', 'bb'\)"):
+        fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=2, resume=True),
+            task={"lists_sha1": "bb", "K": 8})
+    hist = fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=2, resume=True),
+               task={"lists_sha1": "aa", "K": 8})
+    assert [r["epoch"] for r in hist] == [0, 1]
