@@ -143,3 +143,52 @@ def triplet_loss(x: torch.Tensor, margin: float = 0.1, reduction: str = "sum") -
 
 __all__ = ["KINDS", "LOSSES", "REDUCTIONS", "contrastive_loss", "get_loss", "register_loss",
            "triplet_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# margin softmax over landmark classes (Token, Wu et al. AAAI 2022): CosFace next to the ArcFace above
+import math  # noqa: E402  (this section stays importable on its own)
+
+import torch.nn.functional as F  # noqa: E402
+
+
+def _check_margin_inputs(embeddings, weight, labels, name: str) -> None:
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise ValueError(f"{name}: embeddings must be a tensor (B, D), got "
+                         f"{getattr(embeddings, 'shape', type(embeddings).__name__)}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"{name}: weight must be class weights (C, D) with D = {embeddings.shape[1]}, got "
+                         f"{getattr(weight, 'shape', type(weight).__name__)}")
+    if (not isinstance(labels, torch.Tensor) or labels.shape != embeddings.shape[:1]
+            or labels.is_floating_point()):
+        raise ValueError(f"{name}: labels must be an integer tensor (B,) = ({embeddings.shape[0]},), got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= weight.shape[0]):
+        raise ValueError(f"{name}: labels must be in [0, C) with C = {weight.shape[0]}, got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
+def cosface_logits(embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   scale: float = 64.0, margin: float = 0.35) -> torch.Tensor:
+    """CosFace / large-margin cosine logits (Wang et al., CVPR 2018): (B, C) = ``scale · cos θ_j``
+    with ``cos θ_j = <e/‖e‖, w_j/‖w_j‖>``, the target class's lowered to ``cos θ_y − margin``.
+    ``embeddings`` (B, D), ``weight`` (C, D) class weights, ``labels`` (B,) class indices.
+    ``margin`` 0 gives the scaled (normalised) softmax logits."""
+    _check_margin_inputs(embeddings, weight, labels, "cosface_logits")
+    cos = F.linear(F.normalize(embeddings, dim=-1), F.normalize(weight, dim=-1))
+    target = cos.gather(1, labels[:, None].long()) - margin
+    return scale * cos.scatter(1, labels[:, None].long(), target)
+
+
+@register_loss("cosface", kind="labels")
+def cosface_loss(embeddings: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, scale: float = 64.0,
+                 margin: float = 0.35, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the :func:`cosface_logits` (Wang et al., CVPR 2018; paper s = 64, m = 0.35).
+    ``weight`` (C, D): the classifier's class weights (a parameter of the model)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return F.cross_entropy(cosface_logits(embeddings, weight, labels, scale, margin), labels.long(),
+                           reduction=reduction)
+
+
+__all__ += ["cosface_logits", "cosface_loss"]
