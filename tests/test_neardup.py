@@ -1,0 +1,73 @@
+"""Near-duplicate threshold metrics against direct loop computations."""
+
+import numpy as np
+import pytest
+
+from retrieval.neardup import pair_scores, pr_curve, threshold_at_precision, threshold_table
+
+
+def _data(seed=0, n=14):
+    rng = np.random.default_rng(seed)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, -1, -1, 3, -1, 3])[:n]
+    X = rng.standard_normal((n, 5))
+    X[groups >= 0] += 2.0 * rng.standard_normal((groups.max() + 1, 5))[groups[groups >= 0]]
+    return X / np.linalg.norm(X, axis=1, keepdims=True), groups
+
+
+def test_pair_scores_against_loops():
+    X, g = _data()
+    s, same = pair_scores(X, g)
+    k = 0
+    for i in range(len(X)):
+        for j in range(i + 1, len(X)):
+            assert s[k] == pytest.approx(float(X[i] @ X[j]))
+            assert same[k] == (g[i] == g[j] and g[i] != -1)  # two unrelated images are not a pair
+            k += 1
+    assert k == len(s)
+
+
+def test_threshold_table_against_loops():
+    X, g = _data(1)
+    s, same = pair_scores(X, g)
+    thresholds = [-1.0, 0.0, 0.3, float(np.median(s)), 0.9, 1.1]
+    for row, t in zip(threshold_table(s, same, thresholds), thresholds):
+        tp = sum(1 for v, y in zip(s, same) if v >= t and y)
+        fp = sum(1 for v, y in zip(s, same) if v >= t and not y)
+        assert (row["same_kept"], row["unrelated_kept"]) == (tp, fp)
+        assert row["recall"] == pytest.approx(tp / same.sum())
+        assert row["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 1.0)
+
+
+def test_pr_curve_with_ties_against_loops():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.5, 0.5, 0.5, 0.1])
+    same = np.array([1, 1, 0, 1, 0, 1, 0, 0], bool)
+    p, r, t = pr_curve(scores, same)
+    np.testing.assert_array_equal(t, [0.9, 0.8, 0.7, 0.5, 0.1])  # one point per distinct score
+    for pi, ri, ti in zip(p, r, t):
+        kept = scores >= ti
+        assert pi == pytest.approx((same & kept).sum() / kept.sum())
+        assert ri == pytest.approx((same & kept).sum() / same.sum())
+
+
+def test_threshold_at_precision():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.5, 0.5, 0.5, 0.1])
+    same = np.array([1, 1, 0, 1, 0, 1, 0, 0], bool)
+    # precisions at 0.9, 0.8, 0.7, 0.5, 0.1: 1, 2/3, 3/4, 4/7, 4/8
+    assert threshold_at_precision(scores, same, 1.0) == dict(threshold=0.9, precision=1.0, recall=0.25)
+    got = threshold_at_precision(scores, same, 0.7)
+    assert got["threshold"] == 0.7 and got["recall"] == pytest.approx(0.75)  # lowest threshold reaching 0.7
+    assert threshold_at_precision(scores, np.ones(8, bool), 1.0)["threshold"] == 0.1  # all same origin
+    with pytest.raises(ValueError, match="precision"):
+        threshold_at_precision(scores, same, 0.0)
+
+
+def test_bad_input():
+    X, g = _data()
+    with pytest.raises(ValueError, match="groups"):
+        pair_scores(X, g[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        pair_scores(np.full((3, 2), np.nan), np.zeros(3))
+    with pytest.raises(ValueError, match="no same-origin pair"):
+        pr_curve([0.1, 0.2], [False, False])
+    with pytest.raises(ValueError, match="same length"):
+        threshold_table([0.1, 0.2], [True], [0.5])
