@@ -75,11 +75,18 @@ def test_torchvision_table_matches_installed_torchvision():
     import torchvision.models as tvm
 
     ctor = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
-            "resnet101": "ResNet101", "resnet152": "ResNet152", "vgg16": "VGG16"}
+            "resnet101": "ResNet101", "resnet152": "ResNet152", "vgg16": "VGG16",
+            "mobilenet_v2": "MobileNet_V2", "mobilenet_v3_small": "MobileNet_V3_Small",
+            "mobilenet_v3_large": "MobileNet_V3_Large", "efficientnet_b0": "EfficientNet_B0",
+            "efficientnet_b1": "EfficientNet_B1", "efficientnet_b2": "EfficientNet_B2",
+            "efficientnet_b3": "EfficientNet_B3", "shufflenet_v2_x0_5": "ShuffleNet_V2_X0_5",
+            "shufflenet_v2_x1_0": "ShuffleNet_V2_X1_0"}
     assert set(C.TORCHVISION_WEIGHTS) == set(BACKBONES) == set(ctor)
     for b, e in C.TORCHVISION_WEIGHTS.items():
         assert e.url == getattr(tvm, f"{ctor[b]}_Weights").IMAGENET1K_V1.url
-        assert e.filename == f"{b}-{e.sha256_prefix}.pth"
+        assert e.filename.endswith(f"-{e.sha256_prefix}.pth")
+        if b.startswith(("resnet", "vgg")):  # the small nets' files are named otherwise (shufflenetv2_x0.5-…)
+            assert e.filename == f"{b}-{e.sha256_prefix}.pth"
 
 
 # --------------------------------------------------------------------------- hashes and paths

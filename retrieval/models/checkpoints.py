@@ -123,6 +123,16 @@ TORCHVISION_WEIGHTS: dict[str, TorchvisionWeights] = {
     "resnet101": TorchvisionWeights(f"{_TV}/resnet101-63fe2227.pth", "63fe2227"),
     "resnet152": TorchvisionWeights(f"{_TV}/resnet152-394f9c45.pth", "394f9c45"),
     "vgg16": TorchvisionWeights(f"{_TV}/vgg16-397923af.pth", "397923af"),
+    # query networks of asymmetric retrieval (Wu et al., SSP)
+    "mobilenet_v2": TorchvisionWeights(f"{_TV}/mobilenet_v2-b0353104.pth", "b0353104"),
+    "mobilenet_v3_small": TorchvisionWeights(f"{_TV}/mobilenet_v3_small-047dcff4.pth", "047dcff4"),
+    "mobilenet_v3_large": TorchvisionWeights(f"{_TV}/mobilenet_v3_large-8738ca79.pth", "8738ca79"),
+    "efficientnet_b0": TorchvisionWeights(f"{_TV}/efficientnet_b0_rwightman-7f5810bc.pth", "7f5810bc"),
+    "efficientnet_b1": TorchvisionWeights(f"{_TV}/efficientnet_b1_rwightman-bac287d4.pth", "bac287d4"),
+    "efficientnet_b2": TorchvisionWeights(f"{_TV}/efficientnet_b2_rwightman-c35c1473.pth", "c35c1473"),
+    "efficientnet_b3": TorchvisionWeights(f"{_TV}/efficientnet_b3_rwightman-b3899882.pth", "b3899882"),
+    "shufflenet_v2_x0_5": TorchvisionWeights(f"{_TV}/shufflenetv2_x0.5-f707e7126e.pth", "f707e7126e"),
+    "shufflenet_v2_x1_0": TorchvisionWeights(f"{_TV}/shufflenetv2_x1-5666bf0f80.pth", "5666bf0f80"),
 }
 
 # meta keys of a published checkpoint, in cirtorch's order

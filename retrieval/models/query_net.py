@@ -1,0 +1,166 @@
+"""Query networks for asymmetric retrieval: the gallery is indexed once with a large network, the
+queries are described by a small one whose descriptors must live in the gallery network's space
+(Wu et al., SSP, IEEE TMM 2023; Duggal et al., HVS, CVPR 2021; Budnik & Avrithis, AML, CVPR 2021).
+
+A query network is a small torchvision backbone (:data:`~retrieval.models.backbones.BACKBONES`:
+MobileNetV2/V3, EfficientNet-B0..B3, ShuffleNetV2, ResNet-18) → GeM → L2 → a linear projection to
+the gallery dimension → L2: a :class:`~retrieval.models.global_net.GlobalNet` whose ``whiten``
+layer is the projection (the layout of the SSP code's query models). :class:`QueryNet` adds the
+parts some training methods need: a new classification head (HVS, LCE) and a residual
+transformation into the gallery space (LCE).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import atomic_write_bytes
+from .functional import l2n
+from .global_net import GlobalNet, build_global_net
+
+
+class ResidualTransform(nn.Module):
+    """``x + T(x)``, T = Linear(D, D/2) → BN → PReLU → Linear(D/2, D) → BN, both linear layers
+    without bias: the residual bottleneck transformation (RBT) of Wang et al., "Unified
+    Representation Learning for Cross Model Compatibility", BMVC 2020, used by LCE. (B, D) → (B, D).
+
+    ``forward(x, update_stats=False)`` in training mode normalises with the batch statistics
+    without updating the running ones (used for the class weights, which the released LCE code
+    passes through the same BatchNorm layers, mixing their statistics into the test-time ones).
+    PyTorch's BatchNorm momentum (0.1) is kept; the released code's ``momentum=0.9`` is MXNet's
+    convention, which in PyTorch weights the newest batch by 0.9.
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or max(1, dim // 2)
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.bn1 = nn.BatchNorm1d(hidden, eps=2e-5)
+        self.act = nn.PReLU(hidden)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.bn2 = nn.BatchNorm1d(dim, eps=2e-5)
+
+    def _bn(self, bn: nn.BatchNorm1d, h: torch.Tensor, update_stats: bool) -> torch.Tensor:
+        if update_stats or not self.training:
+            return bn(h)
+        return F.batch_norm(h, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        h = self.act(self._bn(self.bn1, self.fc1(x), update_stats))
+        return x + self._bn(self.bn2, self.fc2(h), update_stats)
+
+
+class QueryNet(nn.Module):
+    """A query network (``net``, a :class:`GlobalNet` with a projection to the gallery dim) and the
+    training-only parts of compatible training: ``head`` (C, D), the new classifier's class weights
+    (HVS, LCE), and ``transform``, a :class:`ResidualTransform` into the gallery space (LCE).
+
+    ``forward(x)``: images (B, 3, H, W) → the descriptors (B, D) used at test time, L2-normalised:
+    ``net(x)``, or ``l2n(transform(net(x)))`` with a transform.
+    ``forward(x, outputs=True)``: a dict with ``descriptor``, ``embedding`` (``net(x)``, before the
+    transform) and, when present, ``weight`` (the head) and ``weight_transformed`` (its rows
+    through the transform), so that a loss needs one call of the (possibly DDP-wrapped) model.
+    ``meta`` is the inner network's (mean/std for extraction, ``query_net`` = the build arguments).
+    """
+
+    def __init__(self, net: GlobalNet, classes: int = 0, transform: bool = False):
+        super().__init__()
+        dim = int(net.meta["outputdim"])
+        self.net = net
+        self.head = nn.Parameter(nn.init.xavier_uniform_(torch.empty(classes, dim))) if classes else None
+        self.transform = ResidualTransform(dim) if transform else None
+        self.meta = net.meta
+
+    def forward(self, x: torch.Tensor, outputs: bool = False):
+        emb = self.net(x)
+        desc = emb if self.transform is None else l2n(self.transform(emb))
+        if not outputs:
+            return desc
+        out = {"descriptor": desc, "embedding": emb}
+        if self.head is not None:
+            out["weight"] = self.head
+            if self.transform is not None:
+                out["weight_transformed"] = self.transform(self.head, update_stats=False)
+        return out
+
+    @property
+    def name(self) -> str:
+        m = self.meta
+        return m.get("name") or f"gem-{m['backbone']}-q{m['outputdim']}" + ("" if m.get("trained") else "-untrained")
+
+
+def build_query_net(backbone: str = "mobilenet_v2", dim: int = 2048, classes: int = 0, transform: bool = False,
+                    p: float = 3.0, weights: str | None = None) -> QueryNet:
+    """A query network with the SSP paper's defaults: MobileNetV2 + GeM (p = 3, learned) + L2 + a
+    linear projection to the gallery dimension ``dim`` (2048 for the ResNet-101 gallery networks)
+    + L2. ``classes`` > 0 adds a new classification head (C, dim); ``transform`` an LCE residual
+    transformation. ``weights``: torchvision backbone weights (``None``: random init; seed torch)."""
+    if int(dim) < 1:
+        raise ValueError(f"dim must be a positive gallery dimension, got {dim}")
+    if int(classes) < 0:
+        raise ValueError(f"classes must be >= 0, got {classes}")
+    if transform and not classes:
+        raise ValueError("transform=True (LCE) needs a classification head: set classes > 0")
+    net = build_global_net(backbone, "gem", p=p, whitening=int(dim), weights=weights)
+    net.meta["query_net"] = dict(backbone=backbone, dim=int(dim), classes=int(classes), transform=bool(transform),
+                                 p=float(p))
+    return QueryNet(net, int(classes), bool(transform))
+
+
+def save_query_net(net: QueryNet, path: str | os.PathLike, **extra) -> Path:
+    """Write ``net`` atomically: ``{"state_dict", "meta", **extra}`` (read back by :func:`load_query_net`)."""
+    clash = {"state_dict", "meta"} & set(extra)
+    if clash:
+        raise ValueError(f"extra entries may not replace {sorted(clash)}")
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.meta.items()}
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "meta": meta, **extra}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_query_net(path: str | os.PathLike) -> QueryNet:
+    """A :class:`QueryNet` written by :func:`save_query_net`, weights loaded strictly, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"query network not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "query_net" not in ckpt.get("meta", {}):
+        raise ValueError(f"{path}: not a query network file (expected 'state_dict' and meta['query_net'])")
+    meta = ckpt["meta"]
+    net = build_query_net(**meta["query_net"])
+    net.load_state_dict(ckpt["state_dict"], strict=True)
+    net.meta.update({k: (tuple(v) if k in ("mean", "std") else v) for k, v in meta.items()})
+    return net.eval()
+
+
+def complexity(model: nn.Module, height: int, width: int) -> dict:
+    """Size and cost of a descriptor network at test time: ``params`` (a :class:`QueryNet`'s
+    training-only head left out) and ``mflops``, MFLOPs of one forward pass of a (1, 3, height,
+    width) image as counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
+    multiply-add, convolutions and matrix products; many papers quote multiply-adds instead)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be positive, got {height} x {width}")
+    head = getattr(model, "head", None)
+    params = sum(p.numel() for p in model.parameters()) - (head.numel() if head is not None else 0)
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, int(height), int(width), dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return {"params": int(params), "mflops": counter.get_total_flops() / 1e6}
+
+
+__all__ = ["QueryNet", "ResidualTransform", "build_query_net", "complexity", "load_query_net", "save_query_net"]
