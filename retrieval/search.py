@@ -6,12 +6,14 @@ Every function returns ``ranks`` (k, n_q) int64 db indices, best first (the layo
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from .io import check_features
 
-INDEXES = ("exact", "flat", "ivfpq")
+INDEXES = ("exact", "flat", "pq", "ivfpq")
 
 
 def _stable_order(scores: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,34 +67,52 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
 
 
 def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m: int | None = None,
-                nbits: int = 8, nprobe: int = 16, gpu: bool | None = None, seed: int = 0):
-    """A faiss inner-product index over ``db`` (n_db, D): ``flat`` (exact) or ``ivfpq``
-    (IVF with ``nlist`` cells, PQ with ``m`` sub-quantisers of ``nbits``). GPU when faiss was
-    built with it and a GPU is present (``gpu=None``)."""
+                nbits: int = 8, nprobe: int = 16, gpu: bool | None = None, seed: int = 0,
+                train: np.ndarray | None = None):
+    """A faiss inner-product index over ``db`` (n_db, D): ``flat`` (exact), ``pq`` (exhaustive
+    product quantisation, ``m`` sub-quantisers of ``nbits``; Jégou et al. TPAMI 2011) or ``ivfpq``
+    (IVF with ``nlist`` cells + PQ of the residuals). ``train`` (n, D): the vectors the quantisers
+    are trained on (default ``db``). GPU when faiss was built with it and a GPU is present
+    (``gpu=None``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ index)."""
     import faiss
 
     db = np.ascontiguousarray(db, np.float32)
     n, dim = db.shape
+    train = db if train is None else np.ascontiguousarray(train, np.float32)
+    if train.ndim != 2 or train.shape[1] != dim:
+        raise ValueError(f"train must be (n, {dim}) like db, got shape {train.shape}")
+    n_train = train.shape[0]
     if index == "flat":
         idx = faiss.IndexFlatIP(dim)
-    elif index == "ivfpq":
-        nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
+    elif index in ("pq", "ivfpq"):
+        nlist = (nlist or max(1, min(4096, int(4 * np.sqrt(n_train))))) if index == "ivfpq" else 1
         m = m or next(c for c in (64, 32, 16, 8, 4, 2, 1) if dim % c == 0 and c <= dim)
         if dim % m:
-            raise ValueError(f"ivfpq: m={m} must divide the dimension {dim}")
-        if n < max(nlist, 2 ** nbits):
-            raise ValueError(f"ivfpq: {n} db vectors are too few to train nlist={nlist} / 2^{nbits} centroids")
-        quantizer = faiss.IndexFlatIP(dim)
-        idx = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-        idx.cp.seed = seed
+            raise ValueError(f"{index}: m={m} must divide the dimension {dim}")
+        if n_train < max(nlist, 2 ** nbits):
+            raise ValueError(f"{index}: {n_train} training vectors are too few to train nlist={nlist} / "
+                             f"2^{nbits} centroids")
+        if index == "pq":
+            idx = faiss.IndexPQ(dim, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        else:
+            idx = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            idx.cp.seed = seed
         idx.pq.cp.seed = seed
         idx.do_polysemous_training = False
-        idx.train(db)
-        idx.nprobe = min(nprobe, nlist)
+        # one Python warning instead of faiss's line per sub-quantiser on stderr
+        for cp in (idx.pq.cp, idx.cp) if index == "ivfpq" else (idx.pq.cp,):
+            cp.min_points_per_centroid = 1
+        if n_train < 39 * max(nlist, 2 ** nbits):
+            warnings.warn(f"{index}: {n_train} training vectors for {2 ** nbits} centroids per sub-quantiser"
+                          + (f" and {nlist} cells" if index == "ivfpq" else "")
+                          + " (faiss recommends 39 per centroid); the codebooks are noisy", RuntimeWarning, stacklevel=3)
+        idx.train(train)
+        if index == "ivfpq":
+            idx.nprobe = min(nprobe, nlist)
     else:
         raise ValueError(f"unknown index {index!r}; expected one of {INDEXES}")
     use_gpu = (faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False) if gpu is None else gpu
-    if use_gpu:
+    if use_gpu and index != "pq":
         idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, idx)
     idx.add(db)
     return idx
@@ -100,8 +120,8 @@ def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m
 
 def search(query: np.ndarray, db: np.ndarray, k: int | None = None, index: str = "exact",
            **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k db items for every query: ``index="exact"`` (torch, chunked), ``"flat"`` or
-    ``"ivfpq"`` (faiss). Returns ``(ranks (k, n_q), scores (k, n_q))``."""
+    """Top-k db items for every query: ``index="exact"`` (torch, chunked), ``"flat"``, ``"pq"`` or
+    ``"ivfpq"`` (faiss; ``kwargs`` go to :func:`faiss_index`). Returns ``(ranks (k, n_q), scores (k, n_q))``."""
     if index == "exact":
         return exact_search(query, db, k, **kwargs)
     if index not in INDEXES:

@@ -116,3 +116,79 @@ def plot_map_bars(results: dict, title: str = ""):
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
+
+
+def plot_centroid_usage(usage, title: str = ""):
+    """How a product quantiser's centroids are used: ``usage`` (M, K) counts of vectors per
+    centroid (:func:`retrieval.anchors.centroid_usage`). Left: histogram of the counts over all
+    M·K centroids (empty ones counted); right: each sub-space's counts sorted, median and range."""
+    import matplotlib.pyplot as plt
+
+    usage = np.asarray(usage)
+    M, K = usage.shape
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 2.8))
+    ax1.hist(usage.ravel(), bins=min(50, int(usage.max()) + 1), color="#1f77b4")
+    ax1.set_xlabel("vectors assigned to a centroid")
+    ax1.set_ylabel("centroids")
+    ax1.set_title(f"{(usage == 0).mean():.0%} of the {M}×{K} centroids unused", fontsize=8)
+    s = -np.sort(-usage, axis=1)
+    r = np.arange(1, K + 1)
+    ax2.fill_between(r, s.min(0), s.max(0), color="#1f77b4", alpha=0.25, lw=0, label="range over sub-spaces")
+    ax2.plot(r, np.median(s, 0), color="#1f77b4", label="median sub-space")
+    ax2.set_xlabel("centroid rank in its sub-space")
+    ax2.set_ylabel("vectors")
+    ax2.set_yscale("symlog", linthresh=1)
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_code_size(rows: list, k: int, title: str = ""):
+    """Recall@k against exact search and quantisation error vs code size. ``rows``: dicts with
+    ``bytes`` (per vector), ``relative_error`` and recall keys ``recall_<index>`` (e.g. pq, ivfpq)."""
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["bytes"])
+    x = [r["bytes"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    for key, colour in zip(sorted(k_ for k_ in rows[0] if k_.startswith("recall_")), ("#1f77b4", "#ff7f0e", "#2ca02c")):
+        ax.plot(x, [r[key] for r in rows], "o-", color=colour, label=f"{key[7:]} recall@{k}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel("code size (bytes per vector)")
+    ax.set_ylabel(f"recall@{k} vs exact search")
+    ax.set_ylim(0, 1.02)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["relative_error"] for r in rows], "s--", color="#7f7f7f", label="quantisation error")
+    ax2.set_ylabel("relative quantisation error", color="#7f7f7f")
+    lines = ax.get_legend_handles_labels()
+    more = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_histories(histories: dict, title: str = ""):
+    """Training curves of several runs side by side (their losses have different scales): one
+    panel per name with the mean training loss per epoch. ``histories``: name → fit() history."""
+    import matplotlib.pyplot as plt
+
+    n = len(histories)
+    cols = min(n, 5)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.2 * rows), squeeze=False)
+    for ax, (name, hist) in zip(axes.ravel(), histories.items()):
+        ax.plot([h["epoch"] + 1 for h in hist], [h["loss"] for h in hist], "o-", ms=3, color="#1f77b4")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("mean training loss", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
