@@ -207,6 +207,224 @@ def train_csa(config: dict):
 
 
 # ----------------------------------------------------------------------------------------------
+# asymmetric retrieval: a small query network trained against a frozen gallery network
+# (SSP, Wu et al. IEEE TMM 2023, and the HVS, LCE, AML and feature-regression baselines)
+
+import numpy as np  # noqa: E402  (imports of the asymmetric section)
+
+from .datasets.images import load_image, resize_longer  # noqa: E402
+from .datasets.tuples import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+ASYM_METHODS = ("ssp", "regression", "hvs", "lce", "aml")
+
+ASYM_DEFAULTS = dict(
+    method="ssp",              # ssp, regression, hvs, lce, aml: the loss of retrieval.losses
+    loss_options=None,         # keyword arguments of that loss (None: its paper defaults, e.g. ssp scale 10 = 1/τ)
+    backbone="mobilenet_v2", weights=None, p=3.0,  # query network (SSP paper: MobileNetV2, EfficientNet-B3)
+    gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
+    anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
+    train_set="synth", preset="default", root=None,
+    image_size=362,            # training images: longer side, padded to square (SSP's SfM script: 362)
+    qsize=2000, poolsize=20000, nnum=5, mining_batch_size=32,  # AML tuples per epoch (as the SSP authors' AML)
+    # the SSP authors' SfM recipe: SGD, lr 1e-3 x batch / 256, 5 warm-up epochs then decay, wd 1e-6, 10 epochs
+    epochs=10, batch_size=64, optimizer="sgd", lr=2.5e-4, momentum=0.9, weight_decay=1e-6, warmup_epochs=5,
+)
+
+
+def asym_config(**overrides) -> dict:
+    """Defaults of :func:`asym_distill` + TrainConfig, updated by ``overrides`` (unknown keys rejected)."""
+    return _config(ASYM_DEFAULTS, overrides, "asymmetric-training")
+
+
+def gallery_classifier(features, labels):
+    """Class weights (C, D) for a gallery network trained without a classifier (metric learning,
+    as here): the L2-normalised mean gallery descriptor of each class, as BCT (Shen et al., CVPR
+    2020) builds the old classifier of classes the old model never classified. ``features`` (N, D),
+    ``labels`` (N,) in [0, C). Used by the HVS and LCE baselines as the frozen "old" classifier."""
+
+    features, labels = np.asarray(features, np.float64), np.asarray(labels)
+    if features.ndim != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(f"features (N, D) and labels (N,) expected, got {features.shape} and {labels.shape}")
+    if labels.size == 0 or labels.min() < 0:
+        raise ValueError("labels must be non-empty class indices in [0, C)")
+    C = int(labels.max()) + 1
+    sums = np.zeros((C, features.shape[1]))
+    np.add.at(sums, labels, features)
+    missing = np.flatnonzero(np.bincount(labels, minlength=C) == 0)
+    if missing.size:
+        raise ValueError(f"classes {missing[:5].tolist()} have no image: labels must be 0..C-1 without gaps")
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+
+class ImageGroups(torch.utils.data.Dataset):
+    """Groups of training images with their split indices: item ``i`` is ``(images (T, 3, H, W),
+    indices (T,) int64)``; T = 1 for the distillation methods (an image and, through its index,
+    its gallery descriptor), 2 + nnum for AML tuples.
+
+    Images are resized so that their longer side is ``image_size`` (as at test time), normalised by
+    ``mean``/``std`` and zero-padded at the bottom / right to the largest resized size in the split
+    (``canvas`` (H, W); S × S when orientations mix, no padding when all images share one shape),
+    so that batches stack. The resized images are kept in memory (uint8) after their first load:
+    ``cache=True`` (a dict: shared with other datasets of the same split and size; per process,
+    so with DataLoader workers only within an epoch).
+    """
+
+    def __init__(self, split: dict, groups, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 cache: bool | dict = True):
+        from PIL import Image
+
+        if "paths" not in split:
+            raise ValueError("split lacks 'paths' (load it with load_sfm)")
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        groups = np.asarray(groups, dtype=np.int64)
+        groups = groups[:, None] if groups.ndim == 1 else groups
+        if groups.ndim != 2 or groups.size == 0:
+            raise ValueError(f"groups must be (n, T) image indices with n, T >= 1, got shape {groups.shape}")
+        self.paths = list(split["paths"])
+        if groups.min() < 0 or groups.max() >= len(self.paths):
+            raise ValueError(f"group indices out of range [0, {len(self.paths)})")
+        self.groups, self.image_size = groups, int(image_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        sizes = set()
+        for i in np.unique(groups):
+            with Image.open(self.paths[i]) as im:  # header only
+                w, h = im.size
+            s = self.image_size / max(w, h)
+            sizes.add((max(1, round(h * s)), max(1, round(w * s))))
+        self.canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        self._cache: dict | None = cache if isinstance(cache, dict) else {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def image(self, idx: int) -> torch.Tensor:
+        """Image ``idx`` of the split, (3, H, W) normalised and padded to ``canvas``."""
+        x = self._cache.get(idx) if self._cache is not None else None
+        if x is None:
+            img = resize_longer(load_image(self.paths[idx]), self.image_size)
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            if self._cache is not None:
+                self._cache[idx] = x
+        out = torch.zeros((3, *self.canvas))
+        out[:, :x.shape[1], :x.shape[2]] = (x.float() / 255.0 - self.mean) / self.std
+        return out
+
+    def __getitem__(self, i: int):
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"group index {i} out of range for {len(self)} groups")
+        idx = self.groups[i % len(self)]
+        return torch.stack([self.image(int(j)) for j in idx]), torch.from_numpy(idx.copy())
+
+
+def asym_distill(config: dict):
+    """A query network trained against the frozen gallery network's precomputed descriptors of the
+    training split (``gallery_features``) with the loss ``method`` (:data:`ASYM_METHODS`):
+
+    * ``ssp``: structure similarity to the PQ ``anchors`` (Wu et al.);
+    * ``regression``: ‖q − g‖² to the gallery descriptor of the same image;
+    * ``hvs`` / ``lce``: a new ArcFace head + the gallery's frozen classifier
+      (:func:`gallery_classifier`; LCE through a residual transformation);
+    * ``aml``: tuples mined every epoch (query-network queries against gallery-network descriptors
+      of a random pool), asymmetric contrastive + regression (Budnik & Avrithis).
+
+    The query network (:func:`~retrieval.models.build_query_net`) projects to the gallery
+    dimension. Returns ``(model, data, loss_fn)`` for :func:`~retrieval.train.fit`.
+    """
+
+    from .anchors import load_anchors
+    from .models import build_query_net
+
+    cfg = asym_config(**{k: v for k, v in config.items() if k in asym_config()})
+    method = cfg["method"]
+    if method not in ASYM_METHODS:
+        raise ValueError(f"method={method!r}: expected one of {ASYM_METHODS}")
+    if cfg["gallery_features"] is None:
+        raise ValueError("gallery_features: path of the gallery network's descriptors of the training split "
+                         "(.npy, or .npz from extract_cached) is required")
+    init_distributed(cfg["device"])  # under torchrun: one rank renders the data, the others wait
+    G = np.ascontiguousarray(load_vectors(cfg["gallery_features"]), dtype=np.float32)
+    split = _train_split(cfg)["train"]
+    if G.ndim != 2 or len(G) != len(split["paths"]):
+        raise ValueError(f"gallery_features {cfg['gallery_features']} holds {G.shape} descriptors but the "
+                         f"training split has {len(split['paths'])} images")
+    labels = np.unique(np.asarray(split.get("labels", split["cluster"])), return_inverse=True)[1].ravel()
+    D, device = G.shape[1], resolve_device(cfg["device"])
+    model = build_query_net(cfg["backbone"], D, classes=int(labels.max()) + 1 if method in ("hvs", "lce") else 0,
+                            transform=method == "lce", p=cfg["p"], weights=cfg["weights"])
+    model.meta["name"] = f"{method}-{cfg['backbone']}"
+    options = dict(cfg["loss_options"] or {})
+    if method == "ssp":
+        if cfg["anchors"] is None:
+            raise ValueError("anchors: SSP needs the anchors' .npz (retrieval.anchors.build_anchors, 04_build_anchors)")
+        anchors = load_anchors(cfg["anchors"])
+        if anchors.dim != D:
+            raise ValueError(f"anchors {cfg['anchors']} are {anchors.dim}-D but the gallery descriptors {D}-D")
+        options["anchors"] = torch.from_numpy(anchors.anchors).to(device)
+    loss = get_loss(method, **options)
+    gallery = torch.from_numpy(G).to(device)
+    targets = torch.from_numpy(labels).to(device)
+    old_weight = torch.from_numpy(gallery_classifier(G, labels)).to(device) if method in ("hvs", "lce") else None
+    size, mean, std = int(cfg["image_size"]), model.meta["mean"], model.meta["std"]
+
+    if method == "aml":
+        miner = TupleMiner(split, qsize=cfg["qsize"], poolsize=cfg["poolsize"], nnum=cfg["nnum"],
+                           seed=cfg["seed"], mode="hard")
+        index = {p: i for i, p in enumerate(split["paths"])}
+        cache: dict = {}  # resized images, shared by the epochs' tuple datasets
+
+        def describe(paths):
+            return extract_vectors(model, paths, image_size=size, batch_size=cfg["mining_batch_size"],
+                                   device=device, progress=False)
+
+        def data(epoch: int) -> ImageGroups:
+            tuples = miner.mine(epoch, lambda paths: sharded_extract(describe, paths),
+                                describe_pool=lambda paths: G[[index[p] for p in paths]])
+            return ImageGroups(split, tuples, size, mean, std, cache=cache)
+    else:
+        data = ImageGroups(split, np.arange(len(G)), size, mean, std)
+
+    def loss_fn(net, batch) -> torch.Tensor:
+        images, idx = batch
+        B, T = idx.shape
+        x, i = images.flatten(0, 1), idx.flatten()
+        if method in ("ssp", "regression"):
+            return loss(net(x), gallery[i])
+        if method == "aml":
+            return loss(net(x).view(B, T, -1), gallery[i].view(B, T, -1))
+        out = net(x, outputs=True)
+        if method == "hvs":
+            return loss(out["embedding"], targets[i], weight=out["weight"], old_weight=old_weight)
+        return loss(out["embedding"], targets[i], weight=out["weight"], old_weight=old_weight,
+                    transformed=out["descriptor"], transformed_weight=out["weight_transformed"])
+
+    return model, data, loss_fn
+
+
+def train_asym(config: dict):
+    """Build :func:`asym_distill` (seeded) and train it; returns ``(model, history)``, the model in
+    eval mode. The checkpoint records the options and hashes of the gallery descriptors and the
+    anchors, so ``resume`` never continues a model trained against other ones."""
+    import hashlib
+
+
+    from .anchors import load_anchors
+    from .config import seed_everything
+
+    cfg = asym_config(**config)
+    seed_everything(cfg["seed"])
+    model, data, loss_fn = asym_distill(cfg)
+    h = hashlib.sha1(np.ascontiguousarray(load_vectors(cfg["gallery_features"]), np.float32).tobytes())
+    if cfg["method"] == "ssp":
+        h.update(load_anchors(cfg["anchors"]).centroids.tobytes())
+    task = dict(_task_options(cfg, ASYM_DEFAULTS, ("root", "gallery_features", "anchors")), data_sha1=h.hexdigest())
+    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
+    model.meta["trained"] = True
+    return model.eval(), history
+
+
+# ----------------------------------------------------------------------------------------------
 # token: Token (Wu et al. AAAI 2022) trained as a landmark classifier with a margin softmax
 
 TOKEN_DEFAULTS = dict(
@@ -325,4 +543,76 @@ def train_token(config: dict):
         task["backbone_init_sha1"] = hashlib.sha1(Path(cfg["backbone_init"]).read_bytes()).hexdigest()
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     model.meta["trained"] = True
+    return model.eval(), history
+
+
+# ----------------------------------------------------------------------------------------------
+# projection: dimension reduction of fixed descriptors by metric learning (deep-retrieval study)
+
+PROJECTION_DEFAULTS = dict(
+    train_features=None,       # (N, D) descriptors of the training split (.npy / extract_cached .npz)
+    train_set="synth", preset="default", root=None,
+    dim=64, loss="lifted", margin=1.0,  # "lifted" (Oh Song et al. 2016, α = 1) or "pairs" (in-batch contrastive)
+    init="pca",                # "pca": start from PCA to `dim` (mean removed); "random"
+    epochs=30, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=1e-4, drop_last=True,
+)
+
+
+def projection_config(**overrides) -> dict:
+    """Defaults of :func:`projection_pairs` + TrainConfig, updated by ``overrides``."""
+    return _config(PROJECTION_DEFAULTS, overrides, "projection")
+
+
+def projection_pairs(config: dict):
+    """A linear projection D → ``dim`` + L2 of fixed descriptors, trained with an in-batch
+    metric-learning loss over landmark labels (``lifted`` or ``pairs``). Returns
+    ``(model, data, loss_fn)``; ``model`` maps (B, D) → (B, dim) L2-normalised."""
+    import numpy as np
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from .models.pooling import L2N
+    from .models.whitening import learn_pca_whitening
+
+    cfg = projection_config(**{k: v for k, v in config.items() if k in projection_config()})
+    if not cfg["train_features"]:
+        raise ValueError("train_features: path of the training split's descriptors is required")
+    if cfg["init"] not in ("pca", "random"):
+        raise ValueError(f"init must be 'pca' or 'random', got {cfg['init']!r}")
+    X = np.asarray(load_vectors(cfg["train_features"]), np.float32)
+    split = _train_split(cfg)["train"]
+    labels = np.asarray(split.get("labels", split["cluster"]))
+    if len(labels) != len(X):
+        raise ValueError(f"train_features has {len(X)} rows but the training split {len(labels)} images")
+    if not 1 <= cfg["dim"] <= X.shape[1]:
+        raise ValueError(f"dim must be in 1..{X.shape[1]}, got {cfg['dim']}")
+    torch.manual_seed(cfg["seed"])
+    proj = nn.Linear(X.shape[1], cfg["dim"])
+    if cfg["init"] == "pca":  # rows: the principal directions (unwhitened), bias: −mean·P
+        pca = learn_pca_whitening(X, cfg["dim"])
+        P = pca.P * np.sqrt(np.asarray(pca.meta["eigvals"]))[:, None]
+        P /= np.linalg.norm(P, axis=1, keepdims=True)
+        with torch.no_grad():
+            proj.weight.copy_(torch.from_numpy(P))
+            proj.bias.copy_(torch.from_numpy(-(P @ pca.mean)))
+    model = nn.Sequential(proj, L2N())
+    loss = get_loss(cfg["loss"], margin=cfg["margin"])
+    data = TensorDataset(torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64)))
+
+    def loss_fn(net, batch):
+        x, y = batch
+        return loss(net(x), y)
+
+    return model, data, loss_fn
+
+
+def train_projection(config: dict):
+    """Build :func:`projection_pairs` and train it; returns ``(model, history)`` (model in eval)."""
+    import hashlib
+
+    cfg = projection_config(**config)
+    model, data, loss_fn = projection_pairs(cfg)
+    task = dict(_task_options(cfg, PROJECTION_DEFAULTS, ("root", "train_features")),
+                data_sha1=hashlib.sha1(data.tensors[0].numpy().tobytes()).hexdigest())
+    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     return model.eval(), history

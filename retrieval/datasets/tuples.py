@@ -142,12 +142,14 @@ class TupleMiner:
         pool = np.sort(rng.permutation(self.n_images)[:self.poolsize])
         return self.qidxs[sel], self.pidxs[sel], pool, rng
 
-    def mine(self, epoch: int, describe=None) -> list[tuple[int, ...]]:
+    def mine(self, epoch: int, describe=None, describe_pool=None) -> list[tuple[int, ...]]:
         """Tuples ``[(q, p, n_1..n_nnum), ...]`` (image indices into the split) of ``epoch``.
 
         ``describe(paths: list[str]) -> np.ndarray (len(paths), D)`` gives descriptors (L2-
         normalised, by the current network); it is called twice, for the queries then the pool,
-        and is not needed for ``mode="random"`` or ``nnum=0``.
+        and is not needed for ``mode="random"`` or ``nnum=0``. ``describe_pool`` (same signature)
+        describes the pool instead, e.g. with another network's precomputed descriptors
+        (asymmetric mining: query-network queries against gallery-network negatives, AML).
         """
         qidxs, pidxs, pool, rng = self.sample(epoch)
         stats = dict(epoch=int(epoch), n_tuples=len(qidxs), mode=self.mode, n_filled=0,
@@ -160,7 +162,7 @@ class TupleMiner:
             if describe is None:
                 raise ValueError("mode='hard' needs describe(paths) -> (n, D) descriptors")
             qvecs = self._describe(describe, qidxs, "queries")
-            pvecs = self._describe(describe, pool, "pool")
+            pvecs = self._describe(describe_pool or describe, pool, "pool")
             if pvecs.shape[1] != qvecs.shape[1]:
                 raise ValueError(f"describe returned dim {qvecs.shape[1]} for the queries but "
                                  f"{pvecs.shape[1]} for the pool")
