@@ -220,11 +220,12 @@ def ssp_loss(query: torch.Tensor, gallery: torch.Tensor, anchors, scale: float =
     anchors = torch.as_tensor(anchors)
     if anchors.dim() != 3:
         raise ValueError(f"ssp_loss: anchors must be (M, K, D/M), got shape {tuple(anchors.shape)}")
-    dtype = torch.promote_types(query.dtype, torch.float32)  # float32 at least (bf16/fp16 under AMP)
-    with torch.no_grad():
-        log_p = F.log_softmax(scale * subspace_similarities(gallery.detach().to(dtype), anchors.to(dtype)), dim=-1)
-    log_q = F.log_softmax(scale * subspace_similarities(query.to(dtype), anchors.to(dtype)), dim=-1)
-    per = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean(-1)  # (B,)
+    dtype = torch.promote_types(query.dtype, torch.float32)  # float32 at least, also under AMP
+    with torch.autocast(query.device.type, enabled=False):
+        with torch.no_grad():
+            log_p = F.log_softmax(scale * subspace_similarities(gallery.detach().to(dtype), anchors.to(dtype)), dim=-1)
+        log_q = F.log_softmax(scale * subspace_similarities(query.to(dtype), anchors.to(dtype)), dim=-1)
+        per = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean(-1)  # (B,)
     return _reduce(per, reduction)
 
 
@@ -250,13 +251,16 @@ def arcface_logits(embeddings: torch.Tensor, weight: torch.Tensor, labels: torch
     ``cos θ_j = <e/‖e‖, w_j/‖w_j‖>``, the target class's replaced by ``cos(θ_y + margin)`` while
     ``θ_y + margin ≤ π`` and by ``cos θ_y − margin · sin(margin)`` beyond (the paper's code, which
     keeps the target logit decreasing in θ; the SSP repository's ArcFace drops the margin there).
-    ``weight`` (C, D) class weights, ``labels`` (B,) class indices."""
-    cos = F.linear(F.normalize(embeddings, dim=-1), F.normalize(weight, dim=-1))
-    cy = cos.gather(1, labels[:, None].long()).clamp(-1.0, 1.0)
-    sy = (1.0 - cy * cy).clamp_min(1e-12).sqrt()
-    with_margin = cy * math.cos(margin) - sy * math.sin(margin)
-    target = torch.where(cy > math.cos(math.pi - margin), with_margin, cy - margin * math.sin(margin))
-    return scale * cos.scatter(1, labels[:, None].long(), target)
+    ``weight`` (C, D) class weights, ``labels`` (B,) class indices. Computed in float32 (at least),
+    also under AMP: the margin acts on cosines close to 1."""
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    with torch.autocast(embeddings.device.type, enabled=False):
+        cos = F.linear(F.normalize(embeddings.to(dtype), dim=-1), F.normalize(weight.to(dtype), dim=-1))
+        cy = cos.gather(1, labels[:, None].long()).clamp(-1.0, 1.0)
+        sy = (1.0 - cy * cy).clamp_min(1e-12).sqrt()
+        with_margin = cy * math.cos(margin) - sy * math.sin(margin)
+        target = torch.where(cy > math.cos(math.pi - margin), with_margin, cy - margin * math.sin(margin))
+        return scale * cos.scatter(1, labels[:, None].long(), target)
 
 
 @register_loss("arcface", kind="labels")

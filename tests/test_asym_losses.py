@@ -217,3 +217,13 @@ def test_aml_far_negatives_and_no_gradient_to_the_gallery():
     assert gg.grad is None and q.grad is not None
     with pytest.raises(ValueError, match=r"\(B, T, D\) tuples"):
         aml_loss(_unit(2, 4), _unit(2, 4))
+
+
+def test_losses_run_in_float32_under_autocast():
+    anchors, q, g = _anchors().float(), _unit(3, 12, seed=22).float(), _unit(3, 12, seed=23).float()
+    W, y = torch.randn(4, 12), torch.tensor([0, 1, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ssp = ssp_loss(q.bfloat16(), g, anchors)
+        logits = arcface_logits(q.bfloat16(), W, y, 8.0, 0.15)
+    assert ssp.dtype == torch.float32 and logits.dtype == torch.float32
+    assert ssp.item() == pytest.approx(ssp_loss(q.bfloat16().float(), g, anchors).item(), rel=1e-5)
