@@ -192,3 +192,31 @@ def plot_histories(histories: dict, title: str = ""):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_pr_curves(curves: dict, marks: dict | None = None, title: str = ""):
+    """Precision–recall curves of near-duplicate detection by threshold.
+
+    ``curves``: name → (precision, recall) arrays (:func:`retrieval.neardup.pr_curve`);
+    ``marks``: name → {"precision", "recall", "threshold"} (:func:`~retrieval.neardup.threshold_at_precision`),
+    drawn as a dot labelled with its threshold.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for name, (p, r) in curves.items():
+        line, = ax.plot(r, p, lw=1.5, label=name)
+        m = (marks or {}).get(name)
+        if m and m.get("threshold") is not None:
+            ax.plot([m["recall"]], [m["precision"]], "o", color=line.get_color())
+            ax.annotate(f"t={m['threshold']:.3f}", (m["recall"], m["precision"]), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("recall (same-origin pairs kept)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

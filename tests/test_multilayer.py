@@ -59,3 +59,20 @@ def test_bad_layers(net):
         MultiLayerNet(net.features, ("layer3", "layer4"), weights=[1.0])
     with pytest.raises(ValueError, match="ResNet trunk"):
         MultiLayerNet(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), ("layer4",))
+
+
+def test_select_layers_equals_a_net_with_those_layers(net):
+    from retrieval.models.multilayer import select_layers
+
+    full = build_multilayer_net(net, ("layer2", "layer3", "layer4")).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        v = full(x)
+        for layers in (("layer4",), ("layer3", "layer4"), ("layer2", "layer4")):
+            expect = build_multilayer_net(net, layers).eval()(x)
+            torch.testing.assert_close(select_layers(v, full.meta, layers), expect, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(select_layers(v.numpy(), full.meta, layers), expect.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="subset of the extracted"):
+        select_layers(v, full.meta, ("layer1",))
+    with pytest.raises(ValueError, match="dimensions"):
+        select_layers(v[:, :10], full.meta, ("layer4",))

@@ -59,3 +59,19 @@ def test_plot_map_bars_heights_match_results():
     assert heights == sorted([50.0, 25.0, 10.0, 70.0, 30.0, 20.0])
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b"]
     plt.close(fig)
+
+
+def test_plot_pr_curves_draws_the_curves_and_marks():
+    from retrieval.neardup import pr_curve, threshold_at_precision
+
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.5, 0.1])
+    same = np.array([1, 1, 0, 1, 0, 0], bool)
+    p, r, _ = pr_curve(scores, same)
+    mark = threshold_at_precision(scores, same, 0.7)
+    fig = viz.plot_pr_curves({"m": (p, r)}, {"m": mark})
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose(lines[0].get_xdata(), r)
+    np.testing.assert_allclose(lines[0].get_ydata(), p)
+    assert (lines[1].get_xdata()[0], lines[1].get_ydata()[0]) == (mark["recall"], mark["precision"])
+    assert fig.axes[0].texts[0].get_text() == f"t={mark['threshold']:.3f}"
+    plt.close(fig)

@@ -76,6 +76,30 @@ def build_multilayer_net(net: nn.Module, layers=("layer3", "layer4"), pooling: s
     dims = stage_channels(net.features, layers)
     tag = "l" + "l".join(n[-1] for n in layers)
     base = getattr(net, "name", "net")
-    model.meta = dict(getattr(net, "meta", {}), pooling=pooling, layers=list(layers), dim=sum(dims),
-                      outputdim=sum(dims), whitening=False, name=f"{pooling}-{tag}-{base}")
+    model.meta = dict(getattr(net, "meta", {}), pooling=pooling, layers=list(layers), stage_dims=dims,
+                      dim=sum(dims), outputdim=sum(dims), whitening=False, name=f"{pooling}-{tag}-{base}")
     return model
+
+
+def select_layers(v, meta: dict, layers, dims=None):
+    """Descriptors of a subset of the stages from :class:`MultiLayerNet` descriptors ``v`` (N, ΣC)
+    (array or tensor) made with ``meta['layers']``: each stage's block is a scaled copy of its
+    L2-normalised pooled vector, so the selected blocks, concatenated and L2-normalised, equal what
+    a net with only ``layers`` (same weights) would give — one extraction serves every subset.
+    ``dims``: channels per stage of ``meta['layers']`` (default ``meta['stage_dims']``)."""
+    import numpy as np
+
+    have = list(meta["layers"])
+    dims = list(dims if dims is not None else meta["stage_dims"])
+    missing = [name for name in layers if name not in have]
+    if missing or not layers:
+        raise ValueError(f"layers {list(layers)} must be a non-empty subset of the extracted {have}")
+    if sum(dims) != v.shape[1]:
+        raise ValueError(f"descriptors have {v.shape[1]} dimensions, the stages {have} {sum(dims)}")
+    starts = np.cumsum([0] + dims)
+    idx = np.concatenate([np.arange(starts[have.index(n)], starts[have.index(n) + 1])
+                          for n in sorted(layers, key=RESNET_STAGES.get)])
+    out = v[:, idx]
+    if isinstance(out, torch.Tensor):
+        return l2n(out)
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(v.dtype, copy=False)
