@@ -407,7 +407,7 @@ def diffusion(query: np.ndarray, db: np.ndarray, k: int = 50, truncate: int | No
     return out_r, out_s
 
 
-METHODS = ("aqe", "alpha_qe", "dba", "alpha_dba", "alpha_qe+dba", "diffusion")
+METHODS = ("aqe", "alpha_qe", "dba", "alpha_dba", "aqe+dba", "alpha_qe+dba", "diffusion")
 
 
 def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alpha: float = 3.0,
@@ -415,8 +415,9 @@ def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alp
            top: int | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """One classic method by name (:data:`METHODS`), with the parameters the notebooks expose:
     ``aqe`` (k = qe_k), ``alpha_qe`` (qe_k, qe_alpha), ``dba`` (plain, k = dba_k), ``alpha_dba``
-    (dba_k, dba_alpha), ``alpha_qe+dba`` (αQE on the DBA-augmented db) and ``diffusion``
-    (k = diffusion_k, truncate). Returns ``(ranks, scores)`` like :func:`retrieval.search.search`."""
+    (dba_k, dba_alpha), ``aqe+dba`` (AQE with qe_k on the plain-DBA db with dba_k: Gordo et al.'s
+    R-MAC protocol, k = 1 and 20 there), ``alpha_qe+dba`` (αQE on the αDBA-augmented db) and
+    ``diffusion`` (k = diffusion_k, truncate). Returns ``(ranks, scores)`` like :func:`retrieval.search.search`."""
     if method == "aqe":
         return aqe(query, db, k=qe_k, top=top, **kwargs)
     if method == "alpha_qe":
@@ -425,6 +426,8 @@ def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alp
         return rerank_dba(query, db, k=dba_k, alpha=0.0, top=top, **kwargs)
     if method == "alpha_dba":
         return rerank_dba(query, db, k=dba_k, alpha=dba_alpha, top=top, **kwargs)
+    if method == "aqe+dba":  # AQE = αQE with α = 0 (every neighbour weighted 1)
+        return rerank_dba(query, db, k=dba_k, alpha=0.0, qe_k=qe_k, qe_alpha=0.0, top=top, **kwargs)
     if method == "alpha_qe+dba":
         return rerank_dba(query, db, k=dba_k, alpha=dba_alpha, qe_k=qe_k, qe_alpha=qe_alpha, top=top, **kwargs)
     if method == "diffusion":

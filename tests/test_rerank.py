@@ -413,6 +413,12 @@ def test_rerank_dispatch_matches_the_functions():
                                   rr.alpha_qe(q, db, k=3, alpha=2.0)[0])
     np.testing.assert_array_equal(rr.rerank("alpha_qe+dba", q, db, qe_k=2, dba_k=3)[0],
                                   rr.rerank_dba(q, db, k=3, alpha=3.0, qe_k=2, qe_alpha=3.0)[0])
+    # aqe+dba (Gordo et al.): plain AQE over the plain-DBA database, computed directly
+    aug = rr.dba(db, k=20, alpha=0.0)
+    expect = rr.aqe(q, aug, k=1)
+    got = rr.rerank("aqe+dba", q, db, qe_k=1, dba_k=20)
+    np.testing.assert_array_equal(got[0], expect[0])
+    np.testing.assert_allclose(got[1], expect[1], atol=1e-6)
     np.testing.assert_array_equal(rr.rerank("diffusion", q, db, diffusion_k=10, truncate=40)[0],
                                   rr.diffusion(q, db, k=10, truncate=40)[0])
     with pytest.raises(ValueError, match="unknown re-ranking method"):
