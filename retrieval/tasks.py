@@ -221,6 +221,7 @@ ASYM_DEFAULTS = dict(
     method="ssp",              # ssp, regression, hvs, lce, aml: the loss of retrieval.losses
     loss_options=None,         # keyword arguments of that loss (None: its paper defaults, e.g. ssp scale 10 = 1/τ)
     backbone="mobilenet_v2", weights=None, p=3.0,  # query network (SSP paper: MobileNetV2, EfficientNet-B3)
+    init=None,                 # a trained global network (.pth) of the same backbone to start from (distillation)
     gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
     anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
     train_set="synth", preset="default", root=None,
@@ -318,6 +319,28 @@ class ImageGroups(torch.utils.data.Dataset):
         return torch.stack([self.image(int(j)) for j in idx]), torch.from_numpy(idx.copy())
 
 
+def init_query_net(model, path) -> None:
+    """Start a query network from a trained global network (:func:`~retrieval.models.load_network`)
+    of the same backbone: its backbone and GeM weights are copied and the projection set to the
+    identity (when square), so the untrained query network reproduces the global network exactly —
+    the "student before" of a distillation."""
+    from .models import load_network
+
+    src = load_network(path)
+    if src.meta.get("backbone") != model.meta.get("backbone"):
+        raise ValueError(f"init {path}: backbone {src.meta.get('backbone')!r} differs from the query network's "
+                         f"{model.meta.get('backbone')!r}")
+    if getattr(src, "whiten", None) is not None:
+        raise ValueError(f"init {path}: a network with an FC whitening layer cannot start a query network")
+    model.net.features.load_state_dict(src.features.state_dict())
+    model.net.pool.load_state_dict(src.pool.state_dict())
+    proj = model.net.whiten
+    if proj is not None and proj.weight.shape[0] == proj.weight.shape[1]:
+        with torch.no_grad():
+            proj.weight.copy_(torch.eye(proj.weight.shape[0]))
+            proj.bias.zero_()
+
+
 def asym_distill(config: dict):
     """A query network trained against the frozen gallery network's precomputed descriptors of the
     training split (``gallery_features``) with the loss ``method`` (:data:`ASYM_METHODS`):
@@ -354,6 +377,8 @@ def asym_distill(config: dict):
     model = build_query_net(cfg["backbone"], D, classes=int(labels.max()) + 1 if method in ("hvs", "lce") else 0,
                             transform=method == "lce", p=cfg["p"], weights=cfg["weights"])
     model.meta["name"] = f"{method}-{cfg['backbone']}"
+    if cfg["init"]:
+        init_query_net(model, cfg["init"])
     options = dict(cfg["loss_options"] or {})
     if method == "ssp":
         if cfg["anchors"] is None:
