@@ -181,6 +181,24 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
+def format_map_table(results: dict, extra: dict | None = None) -> str:
+    """One row per method: mAP ×100 for E/M/H, then one column per ``extra`` entry
+    (column title → {method: value}; missing values print as ``-``). ``results``: method →
+    evaluate() result."""
+    extra = dict(extra or {})
+    w = max([len(str(n)) for n in results] + [6])
+    widths = {c: max(8, len(c) + 2) for c in extra}
+    lines = [f"{'method':<{w}}" + "".join(f"{c:>8}" for c in "EMH") + "".join(f"{c:>{widths[c]}}" for c in extra)]
+    for name, res in results.items():
+        row = f"{str(name):<{w}}" + "".join(f"{100 * res[p]['map']:8.2f}" for p in PROTOCOLS)
+        for col, vals in extra.items():
+            v = vals.get(name)
+            row += f"{'-':>{widths[col]}}" if v is None else (
+                f"{v:>{widths[col]}.2f}" if isinstance(v, float) else f"{v!s:>{widths[col]}}")
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def classic_ap(ranks, gnd):
     """Original Oxford5k/Paris6k AP (the dataset's ``compute_ap`` program).
 

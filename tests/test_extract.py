@@ -431,3 +431,11 @@ def test_extract_cached_rejects_foreign_file(model, images, tmp_path):
     np.savez(path, other=np.zeros(3))
     with pytest.raises(ValueError, match="x.npz.*vecs"):
         rx.extract_cached(model, images, path, image_size=SIZE, progress=False)
+
+
+def test_extract_test_matches_extract_dataset(model, dataset, extracted):
+    _, query, db, _ = extracted
+    q, d, ms = rx.extract_test(model, dataset, image_size=SIZE, progress=False)
+    np.testing.assert_allclose(q, query, atol=1e-5)
+    np.testing.assert_allclose(d, db, atol=1e-5)
+    assert ms > 0

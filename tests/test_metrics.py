@@ -370,3 +370,15 @@ def test_tied_scores_are_ranked_by_db_index_before_scoring():
     assert m == pytest.approx(0.25)
     m, aps, _, _ = compute_map(ranks, [{"ok": [0], "junk": []}])
     assert m == pytest.approx(1.0)
+
+
+def test_format_map_table_rows_and_extra_columns():
+    from retrieval.metrics import format_map_table
+
+    res = {"a": {p: {"map": v} for p, v in zip(("easy", "medium", "hard"), (0.5, 0.25, 0.125))},
+           "long-name": {p: {"map": v} for p, v in zip(("easy", "medium", "hard"), (1.0, 0.0, 0.5))}}
+    text = format_map_table(res, {"ms/img": {"a": 3.14159}, "dim": {"a": 512, "long-name": 64}})
+    lines = text.splitlines()
+    assert lines[0].split() == ["method", "E", "M", "H", "ms/img", "dim"]
+    assert lines[1].split() == ["a", "50.00", "25.00", "12.50", "3.14", "512"]
+    assert lines[2].split() == ["long-name", "100.00", "0.00", "50.00", "-", "64"]
