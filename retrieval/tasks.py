@@ -614,9 +614,8 @@ def projection_pairs(config: dict):
     torch.manual_seed(cfg["seed"])
     proj = nn.Linear(X.shape[1], cfg["dim"])
     if cfg["init"] == "pca":  # rows: the principal directions (unwhitened), bias: −mean·P
-        pca = learn_pca_whitening(X, cfg["dim"])
-        P = pca.P * np.sqrt(np.asarray(pca.meta["eigvals"]))[:, None]
-        P /= np.linalg.norm(P, axis=1, keepdims=True)
+        pca = learn_pca_whitening(X, cfg["dim"], whiten=False)
+        P = pca.P
         with torch.no_grad():
             proj.weight.copy_(torch.from_numpy(P))
             proj.bias.copy_(torch.from_numpy(-(P @ pca.mean)))

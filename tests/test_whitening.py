@@ -49,6 +49,16 @@ def test_pca_whitening_reduced_keeps_top_principal_directions():
     np.testing.assert_allclose(learn_pca_whitening(X).reduce(k).P, w.P, atol=1e-10)
 
 
+def test_plain_pca_projects_on_principal_directions_without_scaling():
+    X = correlated(seed=2)
+    w = learn_pca_whitening(X, dim=3, whiten=False)
+    assert w.kind == "pca-nowhiten"
+    Xc = X - X.mean(0)
+    _, sv, Vt = np.linalg.svd(Xc, full_matrices=False)
+    np.testing.assert_allclose(np.abs(w.transform(X)), np.abs(Xc @ Vt[:3].T), atol=1e-9)
+    np.testing.assert_allclose(second_moment(w.transform(X)), np.diag(sv[:3] ** 2 / len(X)), atol=1e-9)
+
+
 def test_apply_is_l2_normalised_and_type_preserving():
     X = correlated(seed=2)
     w = learn_pca_whitening(X, dim=5)

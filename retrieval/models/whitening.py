@@ -152,14 +152,14 @@ def _floor(lam: np.ndarray, eps: float) -> np.ndarray:
     return np.maximum(lam, eps * max(float(lam[0]), np.finfo(np.float64).tiny))
 
 
-def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9) -> Whitening:
+def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bool = True) -> Whitening:
     """PCA-whitening learned on descriptors X (N, D) (e.g. the database side).
 
     m = mean of X; C = (1/N)·Σ (x − m)(x − m)ᵀ = V·Λ·Vᵀ (eigenvalues decreasing);
     P = Λ_k^{−1/2}·V_kᵀ for the first k = ``dim`` (default D) components, so the whitened training
     data has zero mean and identity covariance (within the kept dimensions). Eigenvalues are
     floored at ``eps``·λ_max; with N ≤ D the trailing directions are not estimable (a warning is
-    given when they are kept).
+    given when they are kept). ``whiten=False``: plain PCA, P = V_kᵀ (kind ``"pca-nowhiten"``).
     """
     X = _as_2d(X)
     N, D = X.shape
@@ -171,8 +171,9 @@ def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9) -> Whiteni
     Xc = X - m
     lam, V = _eigh_desc(Xc.T @ Xc / N)
     lam = _floor(lam, eps)
-    P = (V[:, :k] / np.sqrt(lam[:k])).T
-    return Whitening(m, P, "pca", dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist()))
+    P = (V[:, :k] / np.sqrt(lam[:k])).T if whiten else V[:, :k].T.copy()
+    return Whitening(m, P, "pca" if whiten else "pca-nowhiten",
+                     dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist()))
 
 
 def _shrink(C: np.ndarray, shrinkage: float, name: str = "shrinkage") -> np.ndarray:
