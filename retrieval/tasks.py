@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import data_dir, resolve_device
+from .config import data_dir, resolve_device, seed_everything
 from .datasets import dataset_name, generate
 from .datasets.tuples import TupleMiner, TuplesDataset, load_sfm
 from .extract import extract_vectors
@@ -69,6 +69,7 @@ def global_tuples(config: dict):
     extraction sharded across ranks under DDP).
     """
     cfg = global_config(**{k: v for k, v in config.items() if k in global_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     init_distributed(cfg["device"])  # under torchrun: one rank renders the data, the others wait
     model = build_global_net(cfg["backbone"], cfg["pooling"], whitening=cfg["whitening"], weights=cfg["weights"])
     split = _train_split(cfg)["train"]
@@ -149,6 +150,7 @@ def csa_lists(config: dict):
     from .models.csa import CSALists, build_csa, csa_loss
 
     cfg = csa_config(**{k: v for k, v in config.items() if k in csa_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     if not cfg["train_features"]:
         raise ValueError("train_features: path of a .npy/.npz with the training split's descriptors is required")
     several = isinstance(cfg["train_features"], (list, tuple))
@@ -360,6 +362,7 @@ def asym_distill(config: dict):
     from .models import build_query_net
 
     cfg = asym_config(**{k: v for k, v in config.items() if k in asym_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     method = cfg["method"]
     if method not in ASYM_METHODS:
         raise ValueError(f"method={method!r}: expected one of {ASYM_METHODS}")
@@ -523,6 +526,7 @@ def token_classification(config: dict):
     from .models.token import build_token, init_backbone_from_global
 
     cfg = token_config(**{k: v for k, v in config.items() if k in token_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     init_distributed(cfg["device"])
     split = _train_split(cfg)["train"]
     labels, n_classes = _class_labels(split)
@@ -600,6 +604,7 @@ def projection_pairs(config: dict):
     from .models.whitening import learn_pca_whitening
 
     cfg = projection_config(**{k: v for k, v in config.items() if k in projection_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     if not cfg["train_features"]:
         raise ValueError("train_features: path of the training split's descriptors is required")
     if cfg["init"] not in ("pca", "random"):
@@ -611,7 +616,6 @@ def projection_pairs(config: dict):
         raise ValueError(f"train_features has {len(X)} rows but the training split {len(labels)} images")
     if not 1 <= cfg["dim"] <= X.shape[1]:
         raise ValueError(f"dim must be in 1..{X.shape[1]}, got {cfg['dim']}")
-    torch.manual_seed(cfg["seed"])
     proj = nn.Linear(X.shape[1], cfg["dim"])
     if cfg["init"] == "pca":  # rows: the principal directions (unwhitened), bias: −mean·P
         pca = learn_pca_whitening(X, cfg["dim"], whiten=False)

@@ -432,3 +432,24 @@ def test_csa_task_whitens_training_features(tmp_path):
         load_vectors(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         load_vectors(tmp_path / "missing.npy")
+
+
+def test_csa_task_initial_weights_follow_the_seed_only(tmp_path):
+    """The model is built from ``seed`` whatever the global RNG state (fresh processes, torchrun)."""
+    from retrieval.datasets import generate, load_sfm
+    from retrieval.tasks import csa_config, csa_lists
+
+    root = tmp_path / "data"
+    generate("tiny", root, progress=False)
+    n = len(load_sfm(root, "synth-tiny")["train"]["labels"])
+    X = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X / np.linalg.norm(X, axis=1, keepdims=True))
+    cfg = csa_config(train_features=str(tmp_path / "X.npy"), preset="tiny", root=str(root), K=6, L=4, dim=8,
+                     heads=2, device="cpu", out_dir=None)
+    torch.manual_seed(123)
+    a = csa_lists(cfg)[0].state_dict()
+    torch.rand(1000)
+    b = csa_lists(cfg)[0].state_dict()
+    c = csa_lists(dict(cfg, seed=1))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
