@@ -164,7 +164,7 @@ def plot_code_size(rows: list, k: int, title: str = ""):
     ax2.set_ylabel("relative quantisation error", color="#7f7f7f")
     lines = ax.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
