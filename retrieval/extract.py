@@ -130,10 +130,19 @@ def extract_vectors(model: torch.nn.Module, paths: Sequence, image_size: int | S
     sizes = image_sizes(image_size)
     if len(sizes) == 1:
         return _extract_one_size(model, paths, sizes[0], desc=desc, **common)
-    acc = None
-    for s in sizes:
-        v = _extract_one_size(model, paths, s, desc=f"{desc} @{s}", **common).astype(np.float64)
-        acc = v if acc is None else acc + v
+    return combine_resolutions([_extract_one_size(model, paths, s, desc=f"{desc} @{s}", **common) for s in sizes])
+
+
+def combine_resolutions(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Multi-resolution descriptors (N, D) float32 from per-size descriptors ``parts`` (each (N, D),
+    one per input size): summed in float64 and L2-normalised, as :func:`extract_vectors` does with a
+    list of sizes — so descriptors extracted once per size serve every combination of sizes."""
+    if not len(parts):
+        raise ValueError("combine_resolutions needs at least one (N, D) array")
+    shapes = {np.shape(v) for v in parts}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"per-size descriptors must all be (N, D) of one shape, got {sorted(shapes)}")
+    acc = np.sum([np.asarray(v, np.float64) for v in parts], axis=0)
     return (acc / (np.linalg.norm(acc, axis=1, keepdims=True) + 1e-6)).astype(np.float32)
 
 

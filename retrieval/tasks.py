@@ -226,12 +226,25 @@ ASYM_DEFAULTS = dict(
     init=None,                 # a trained global network (.pth) of the same backbone to start from (distillation)
     gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
     anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
+    train_images=None,         # a fixed seeded subset of that many training images (train_subset); None: all.
+                               # gallery_features then holds the subset's descriptors, in train_subset order
     train_set="synth", preset="default", root=None,
     image_size=362,            # training images: longer side, padded to square (SSP's SfM script: 362)
     qsize=2000, poolsize=20000, nnum=5, mining_batch_size=32,  # AML tuples per epoch (as the SSP authors' AML)
     # the SSP authors' SfM recipe: SGD, lr 1e-3 x batch / 256, 5 warm-up epochs then decay, wd 1e-6, 10 epochs
     epochs=10, batch_size=64, optimizer="sgd", lr=2.5e-4, momentum=0.9, weight_decay=1e-6, warmup_epochs=5,
 )
+
+
+def train_subset(n: int, size: int | None, seed: int = 0) -> "np.ndarray":
+    """Indices (size,) of a seeded random subset of ``n`` training images, sorted (all ``n`` when
+    ``size`` is None): the images an asymmetric run with ``train_images=size`` trains on, so that
+    the gallery (teacher) descriptors need only be extracted for those."""
+    if size is None:
+        return np.arange(n)
+    if isinstance(size, bool) or int(size) != size or not 1 <= size <= n:
+        raise ValueError(f"train_images must be an integer in 1..{n} (the training images) or None, got {size!r}")
+    return np.sort(np.random.default_rng([seed, n]).choice(n, int(size), replace=False))
 
 
 def asym_config(**overrides) -> dict:
@@ -372,11 +385,21 @@ def asym_distill(config: dict):
     init_distributed(cfg["device"])  # under torchrun: one rank renders the data, the others wait
     G = np.ascontiguousarray(load_vectors(cfg["gallery_features"]), dtype=np.float32)
     split = _train_split(cfg)["train"]
-    if G.ndim != 2 or len(G) != len(split["paths"]):
+    subset = train_subset(len(split["paths"]), cfg["train_images"], cfg["seed"])
+    if G.ndim != 2 or len(G) != len(subset):
         raise ValueError(f"gallery_features {cfg['gallery_features']} holds {G.shape} descriptors but the "
-                         f"training split has {len(split['paths'])} images")
+                         f"training split has {len(split['paths'])} images"
+                         + (f" (train_images={cfg['train_images']} of them used)" if cfg["train_images"] else ""))
+    if cfg["train_images"] is not None:
+        if method == "aml":
+            raise ValueError("train_images: AML mines tuples over the whole training split; use None")
+        full = np.zeros((len(split["paths"]), G.shape[1]), np.float32)  # rows of unused images stay 0 (never read)
+        full[subset] = G
+        G = full
     labels = np.unique(np.asarray(split.get("labels", split["cluster"])), return_inverse=True)[1].ravel()
     D, device = G.shape[1], resolve_device(cfg["device"])
+    if cfg["train_images"] is not None and method in ("hvs", "lce"):
+        raise ValueError("train_images: HVS and LCE build the gallery classifier from every training image; use None")
     model = build_query_net(cfg["backbone"], D, classes=int(labels.max()) + 1 if method in ("hvs", "lce") else 0,
                             transform=method == "lce", p=cfg["p"], weights=cfg["weights"])
     model.meta["name"] = f"{method}-{cfg['backbone']}"
@@ -411,7 +434,7 @@ def asym_distill(config: dict):
                                 describe_pool=lambda paths: G[[index[p] for p in paths]])
             return ImageGroups(split, tuples, size, mean, std, cache=cache)
     else:
-        data = ImageGroups(split, np.arange(len(G)), size, mean, std)
+        data = ImageGroups(split, subset, size, mean, std)
 
     def loss_fn(net, batch) -> torch.Tensor:
         images, idx = batch

@@ -13,7 +13,8 @@ from retrieval.anchors import build_anchors
 from retrieval.datasets import generate, load_sfm
 from retrieval.datasets.tuples import TupleMiner
 from retrieval.extract import ImageList
-from retrieval.tasks import ASYM_METHODS, ImageGroups, asym_config, asym_distill, gallery_classifier, train_asym
+from retrieval.tasks import (ASYM_METHODS, ImageGroups, asym_config, asym_distill, gallery_classifier, train_asym,
+                             train_subset)
 
 SMALL = dict(preset="tiny", backbone="mobilenet_v3_small", image_size=32, epochs=1, batch_size=8, optimizer="adamw",
              lr=1e-3, warmup_epochs=0, qsize=6, poolsize=30, nnum=2, device="cpu", log_every=1)
@@ -111,6 +112,37 @@ def test_task_errors(setup):
         asym_distill(asym_config(**dict(setup, gallery_features=None), method="regression"))
     with pytest.raises(ValueError, match="unknown asymmetric-training options"):
         asym_config(methd="ssp")
+
+
+def test_train_subset_is_seeded_sorted_and_checked():
+    a = train_subset(50, 10, seed=1)
+    assert a.tolist() == sorted(set(a.tolist())) and len(a) == 10 and a.max() < 50
+    assert np.array_equal(a, train_subset(50, 10, seed=1)) and not np.array_equal(a, train_subset(50, 10, seed=2))
+    assert np.array_equal(train_subset(7, None), np.arange(7))
+    for bad in (0, 51, 2.5, True):
+        with pytest.raises(ValueError, match="train_images must be"):
+            train_subset(50, bad)
+
+
+def test_regression_on_a_subset_reads_the_subset_rows(setup, tmp_path):
+    """train_images=n: the gallery file holds the n subset descriptors, in train_subset order; the
+    loss of image i is against its own descriptor (checked against the full-split run)."""
+    G = np.load(setup["gallery_features"])
+    idx = train_subset(len(G), 12, seed=0)
+    np.save(tmp_path / "sub.npy", G[idx])
+    sub = dict(setup, gallery_features=str(tmp_path / "sub.npy"), train_images=12, method="regression")
+    torch.manual_seed(0)
+    model, data, loss_fn = asym_distill(asym_config(**sub))
+    assert len(data) == 12 and data.groups[:, 0].tolist() == idx.tolist()
+    torch.manual_seed(0)
+    model_full, data_full, loss_full = asym_distill(asym_config(**setup, method="regression"))
+    batch = [torch.stack(t) for t in zip(data[0], data[1])]  # images idx[0], idx[1]
+    torch.testing.assert_close(loss_fn(model, batch), loss_full(model_full, batch))
+    with pytest.raises(ValueError, match=r"holds \(12, 64\) descriptors .*train_images=13"):
+        asym_distill(asym_config(**dict(sub, train_images=13)))
+    for method in ("hvs", "aml"):
+        with pytest.raises(ValueError, match="train_images"):
+            asym_distill(asym_config(**dict(sub, method=method)))
 
 
 def test_train_asym_ssp_learns_and_resumes(setup, tmp_path):

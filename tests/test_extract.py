@@ -347,6 +347,12 @@ def test_multi_resolution_is_sum_then_l2_of_single_sizes(model, images):
                                                   progress=False), a)
     np.testing.assert_allclose(extract_vectors(model, images, image_size=(48, SIZE), scales=scales,
                                                progress=False), out, atol=1e-6)
+    # per-size descriptors extracted once combine to the same thing
+    np.testing.assert_allclose(rx.combine_resolutions([a, b]), out, atol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        rx.combine_resolutions([a, b[:1]])
+    with pytest.raises(ValueError, match="at least one"):
+        rx.combine_resolutions([])
 
 
 def test_multi_resolution_query_crops(model, images):
