@@ -102,6 +102,8 @@ def train_global(config: dict):
     model, data, loss_fn = global_tuples(cfg)
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=_task_options(cfg, GLOBAL_DEFAULTS))
     model.meta["trained"] = True
+    if model.meta.get("p") is not None:  # the learned GeM p, as a reloaded checkpoint records it (feature caches
+        model.meta["p"] = float(model.pool.p.detach().reshape(-1)[0])  # compare meta: keep them in step)
     return model, history
 
 
