@@ -102,8 +102,8 @@ def train_global(config: dict):
     model, data, loss_fn = global_tuples(cfg)
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=_task_options(cfg, GLOBAL_DEFAULTS))
     model.meta["trained"] = True
-    if model.meta.get("p") is not None:  # the learned GeM p, as a reloaded checkpoint records it (feature caches
-        model.meta["p"] = float(model.pool.p.detach().reshape(-1)[0])  # compare meta: keep them in step)
+    if model.meta.get("p") is not None:  # the learned GeM p, as the reloaded checkpoint has it (feature caches compare meta)
+        model.meta["p"] = float(model.pool.p.detach().reshape(-1)[0])
     return model, history
 
 
@@ -393,15 +393,13 @@ def asym_distill(config: dict):
                          f"training split has {len(split['paths'])} images"
                          + (f" (train_images={cfg['train_images']} of them used)" if cfg["train_images"] else ""))
     if cfg["train_images"] is not None:
-        if method == "aml":
-            raise ValueError("train_images: AML mines tuples over the whole training split; use None")
+        if method in ("aml", "hvs", "lce"):  # AML mines the whole split; HVS/LCE classify with every image's class
+            raise ValueError(f"train_images: {method} needs the gallery descriptors of every training image; use None")
         full = np.zeros((len(split["paths"]), G.shape[1]), np.float32)  # rows of unused images stay 0 (never read)
         full[subset] = G
         G = full
     labels = np.unique(np.asarray(split.get("labels", split["cluster"])), return_inverse=True)[1].ravel()
     D, device = G.shape[1], resolve_device(cfg["device"])
-    if cfg["train_images"] is not None and method in ("hvs", "lce"):
-        raise ValueError("train_images: HVS and LCE build the gallery classifier from every training image; use None")
     model = build_query_net(cfg["backbone"], D, classes=int(labels.max()) + 1 if method in ("hvs", "lce") else 0,
                             transform=method == "lce", p=cfg["p"], weights=cfg["weights"])
     model.meta["name"] = f"{method}-{cfg['backbone']}"
