@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -219,4 +221,158 @@ def plot_pr_curves(curves: dict, marks: dict | None = None, title: str = ""):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- top-k result grids
+#: frame colours of ranked results (CSA paper's figure convention) and of the query
+RESULT_COLOURS = {"positive": "#2ca02c", "negative": "#d62728", "junk": "#7f7f7f", "query": "#ff8c00"}
+
+
+@functools.lru_cache(maxsize=8192)
+def thumbnail(path: str, size: int = 160) -> np.ndarray:
+    """The image at ``path`` resized so its longer side is ``size`` px, (H, W, 3) uint8; read once
+    per (path, size) and cached for the process (grids and the browser redraw often)."""
+    from .datasets.images import load_image, resize_longer
+
+    if size < 8:
+        raise ValueError(f"thumbnail size must be >= 8 px, got {size}")
+    arr = np.asarray(resize_longer(load_image(path), size))
+    arr.setflags(write=False)  # shared by every caller
+    return arr
+
+
+def result_labels(gnd_entry: dict, ids, protocol: str = "medium") -> list[str]:
+    """``positive`` / ``junk`` / ``negative`` of db ``ids`` for one query under ``protocol``
+    (revisited rules: Easy counts hard as junk, Hard counts easy as junk)."""
+    from .metrics import protocol_gnd
+
+    g = protocol_gnd([gnd_entry], protocol)[0]
+    ok, junk = set(g["ok"].tolist()), set(g["junk"].tolist())
+    return ["positive" if i in ok else "junk" if i in junk else "negative" for i in map(int, ids)]
+
+
+def pick_queries(ap_a, ap_b, n_gain: int = 3, n_loss: int = 3, n_random: int = 2,
+                 seed: int = 0) -> list[tuple[int, str]]:
+    """Queries to show for a comparison of method B against A: the ``n_gain`` largest AP gains,
+    the ``n_loss`` largest losses (only queries that do change) and ``n_random`` others, drawn with
+    ``seed``. ``ap_a``, ``ap_b``: (n_q,) AP (NaN = no positives, never picked). Returns
+    ``[(query, "gain" | "loss" | "random"), ...]`` in that order."""
+    ap_a, ap_b = np.asarray(ap_a, float), np.asarray(ap_b, float)
+    if ap_a.shape != ap_b.shape or ap_a.ndim != 1:
+        raise ValueError(f"ap_a and ap_b must be (n_q,) arrays of one length, got {ap_a.shape} and {ap_b.shape}")
+    valid = np.flatnonzero(~(np.isnan(ap_a) | np.isnan(ap_b)))
+    delta = ap_b[valid] - ap_a[valid]
+    order = np.argsort(-delta, kind="stable")
+    gains = [int(valid[i]) for i in order[:n_gain] if delta[i] > 0]
+    losses = [int(valid[i]) for i in order[::-1][:n_loss] if delta[i] < 0 and valid[i] not in gains]
+    rest = np.setdiff1d(valid, gains + losses)
+    rng = np.random.default_rng(seed)
+    randoms = sorted(int(q) for q in rng.choice(rest, size=min(n_random, rest.size), replace=False))
+    return [(q, "gain") for q in gains] + [(q, "loss") for q in losses] + [(q, "random") for q in randoms]
+
+
+def _query_cell(ax, dataset, q: int, thumb: int, label: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    path = dataset.query_paths()[q]
+    img = thumbnail(str(path), thumb)
+    ax.imshow(img)
+    bbx = dataset.gnd[q].get("bbx")
+    if bbx is not None:
+        from PIL import Image
+
+        with Image.open(path) as im:  # header only: the scale of the box on the thumbnail
+            s = img.shape[1] / im.size[0]
+        x1, y1, x2, y2 = (float(v) * s for v in bbx)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=RESULT_COLOURS["query"], lw=1.2))
+    ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center", labelpad=4)
+    _frame(ax, RESULT_COLOURS["query"], 3.0)
+
+
+def short_names(a: str, b: str) -> tuple[str, str]:
+    """Row labels of two methods: ``first stage`` / ``+csa`` when ``b`` extends ``a``'s name."""
+    if b.startswith(a + "+"):
+        return "first stage", b[len(a):]
+    if a.startswith(b + "+"):
+        return a[len(b):], "first stage"
+    return a, b
+
+
+def _result_cells(axes, dataset, q: int, ranks, scores, protocol: str, thumb: int) -> None:
+    db_paths = dataset.db_paths()
+    k = len(axes)
+    ids = np.asarray(ranks)[:k, q]
+    labels = result_labels(dataset.gnd[q], ids, protocol)
+    for r, (ax, i, label) in enumerate(zip(axes, ids, labels)):
+        ax.imshow(thumbnail(str(db_paths[i]), thumb))
+        s = None if scores is None else scores[r, q]
+        ax.set_xlabel(f"{r + 1}. #{i}" + ("" if s is None or np.isnan(s) else f"  {s:.3f}"), fontsize=5.5, labelpad=1.5)
+        _frame(ax, RESULT_COLOURS[label], 3.0)
+
+
+def _grid_axes(n_rows: int, k: int, aspect: float = 0.75, thumb_in: float = 0.72, pair_gap: bool = False):
+    """Figure with ``n_rows`` rows of 1 + k image cells of ``thumb_in`` inches width and
+    ``aspect`` (height / width), room for a caption under each and a label left of each row."""
+    import matplotlib.pyplot as plt
+
+    heights = [1.0] * n_rows
+    if pair_gap:  # a thin empty row between consecutive pairs
+        heights = sum(([1.0, 1.0, 0.15] for _ in range(n_rows // 2)), [])[:-1]
+    cell_h = thumb_in * aspect
+    width, height = thumb_in * (k + 1) * 1.05 + 1.3, cell_h * 1.3 * sum(heights) + 0.45
+    fig = plt.figure(figsize=(width, height))
+    gs = fig.add_gridspec(len(heights), k + 1, height_ratios=heights, wspace=0.05, hspace=0.3,
+                          left=1.3 / width, right=0.995, top=1 - 0.3 / height, bottom=0.15 / height)
+    rows = [i for i, h in enumerate(heights) if h == 1.0]
+    axes = np.array([[fig.add_subplot(gs[r, c]) for c in range(k + 1)] for r in rows])
+    return fig, axes
+
+
+def _aspect(dataset, queries) -> float:
+    """Median height / width of the queries' images (header reads only)."""
+    from PIL import Image
+
+    ratios = []
+    for q in list(queries)[:8]:
+        with Image.open(dataset.query_paths()[q]) as im:
+            ratios.append(im.size[1] / im.size[0])
+    return float(np.median(ratios)) if ratios else 0.75
+
+
+def plot_topk(dataset, ranks, queries, scores=None, k: int = 10, protocol: str = "medium", ap=None,
+              thumb: int = 160, title: str = ""):
+    """Top-k grid: one row per query, the query (``bbx`` in orange, orange frame) then its top ``k``
+    results framed green / red / grey (positive / negative / junk under ``protocol``) with rank,
+    db index and similarity under each. ``ranks`` (n_ranked, n_q), ``scores`` (n, n_q) or None,
+    ``ap`` (n_q,) shown in the query's title when given."""
+    queries = [int(q) for q in np.atleast_1d(queries)]
+    fig, axes = _grid_axes(len(queries), k, _aspect(dataset, queries))
+    for row, q in enumerate(queries):
+        t = f"query {q}" + ("" if ap is None else f"\nAP {100 * ap[q]:.1f}")
+        _query_cell(axes[row, 0], dataset, q, thumb, t)
+        _result_cells(axes[row, 1:], dataset, q, ranks, scores, protocol, thumb)
+    if title:
+        fig.suptitle(title, fontsize=8, y=1.0 - 0.08 / fig.get_figheight(), va="top")
+    return fig
+
+
+def plot_topk_pairs(dataset, a: dict, b: dict, picks, k: int = 10, protocol: str = "medium",
+                    thumb: int = 160, title: str = ""):
+    """Paired rows for two methods on the same queries (the CSA paper's qualitative figure): for each
+    pick, the row of method ``a`` above the row of ``b``, each starting with the query and that
+    method's AP under ``protocol``. ``a``, ``b``: :func:`retrieval.runs.load_ranks` dicts;
+    ``picks``: query ids or ``(query, reason)`` pairs (:func:`pick_queries`)."""
+    picks = [(int(p), "") if np.isscalar(p) else (int(p[0]), str(p[1])) for p in picks]
+    fig, axes = _grid_axes(2 * len(picks), k, _aspect(dataset, [q for q, _ in picks]), pair_gap=True)
+    names = short_names(a["method"], b["method"])
+    for i, (q, reason) in enumerate(picks):
+        for j, run in enumerate((a, b)):
+            row = 2 * i + j
+            ap = run["ap"][protocol][q]
+            head = f"query {q}" + (f" · {reason}" if reason else "") + "\n" if j == 0 else ""
+            _query_cell(axes[row, 0], dataset, q, thumb, f"{head}{names[j]}\nAP {100 * ap:.1f}")
+            _result_cells(axes[row, 1:], dataset, q, run["ranks"], run["scores"], protocol, thumb)
+    if title:
+        fig.suptitle(title, fontsize=8, y=1.0 - 0.08 / fig.get_figheight(), va="top")
     return fig
