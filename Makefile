@@ -13,7 +13,7 @@ export IPYTHONDIR := $(CURDIR)/.jupyter/ipython
 export MPLCONFIGDIR := $(CURDIR)/.jupyter/matplotlib
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data demo test lab clean
+.PHONY: env data demo test lab clean bench
 
 env: $(STAMP)
 
@@ -33,6 +33,9 @@ demo: data  ## run every notebook in order into runs/demo/, figures into figures
 test: env  ## unit tests + every notebook through nbval in the smoke profile
 	RETRIEVAL_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+bench: env  ## every benchmark in benchmarks/ (JSON in benchmarks/results/, figures in benchmarks/README.md)
+	$(PY) benchmarks/run_all.py
 
 lab: env  ## JupyterLab on the environment
 	$(PY) -m jupyter lab notebooks

@@ -10,7 +10,6 @@ their values). Prints queries/s of both, their ratio and the peak memory, and wr
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
@@ -37,7 +36,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON file for the figures")
+    ap.add_argument("--quick", action="store_true", help="8 queries, K=256, L=128 (development)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.queries, args.K, args.L, args.batch = 8, 256, 128, 8
     device = resolve_device(args.device)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -76,9 +78,12 @@ def main(argv=None) -> dict:
     print(f"  batched ({args.batch}/batch):  {res['batched_qps']:8.2f} queries/s   ratio {res['ratio']:.2f}x")
     print(f"  identical rankings: {same}; peak RSS {res['peak_rss_mb']:.0f} MB"
           + (f"; peak GPU memory loop {loop_gpu_mb:.0f} MB, batched {batch_gpu_mb:.0f} MB" if batch_gpu_mb else ""))
+    res["table"] = [[f"CSA K={args.K} L={args.L} width 768, {args.queries} q: batched ({args.batch}/batch) vs one "
+                     "query at a time", f"{res['batched_qps']:.2f} vs {res['loop_qps']:.2f} q/s (**{res['ratio']:.2f}x**)"]]
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        from retrieval.io import atomic_write_json
+
+        atomic_write_json(args.out, res)
     return res
 
 

@@ -57,3 +57,56 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _fits(value, default) -> bool:
+    if value is None or default is None:  # None means "off" / "not given" in the parameters cells
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def check_parameters(values: dict, defaults: dict, where: str = "notebook") -> None:
+    """Check notebook parameters ``values`` against the parameters cell's ``defaults``: ValueError
+    for a name the notebook does not have, TypeError naming the parameter when a value's type does
+    not fit its default's (an int passes for a float, None for anything, a default of None takes
+    any value)."""
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ValueError(f"{where}: no parameter(s) {unknown}; its parameters are {sorted(defaults)}")
+    for name, value in values.items():
+        if not _fits(value, defaults[name]):
+            raise TypeError(f"{where}: parameter {name!r} = {value!r} ({type(value).__name__}) does not fit its "
+                            f"default {defaults[name]!r} ({type(defaults[name]).__name__})")
+
+
+def network_spec(network: str, run_dir: str | os.PathLike = "runs/demo", path: bool = False):
+    """What ``retrieval.models.load_network`` takes for a notebook's ``network`` parameter: a
+    published name (``gl18-tl-resnet101-gem-w``, downloaded to ``data/networks/``; ``<name>-ms``, the
+    name 01 gives its multi-scale features, counts as ``<name>``) as is (its file, ``published_path``,
+    when ``path``), an existing checkpoint file as its path, else the network
+    ``02_train_global`` saved under that name (``<run_dir>/train_global/<network>.pth``)."""
+    from .models.checkpoints import PUBLISHED, published_path
+
+    if not isinstance(network, str) or not network:
+        raise TypeError(f"network must be a published name, a checkpoint file or the name of a network "
+                        f"trained by 02_train_global, got {network!r}")
+    if network.endswith("-ms") and network[:-3] in PUBLISHED:  # 01's name for its multi-scale features
+        network = network[:-3]
+    if network in PUBLISHED:
+        return published_path(network) if path else network
+    if network.endswith(".pth") and resolve(network).is_file():
+        return resolve(network)
+    trained = resolve(run_dir) / "train_global" / f"{network}.pth"
+    if not trained.is_file():
+        raise FileNotFoundError(f"network={network!r}: not a published network ({', '.join(sorted(PUBLISHED))}), "
+                                f"not a checkpoint file, and {trained} does not exist (run 02_train_global "
+                                "first, or download a published one: python -m retrieval.datasets download NAME)")
+    return trained

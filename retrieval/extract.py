@@ -197,8 +197,9 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
 
     Saved atomically at ``path`` with the parameters that made them (incl. a fingerprint of the
     weights); an existing file made with the same parameters is loaded instead of extracting again
-    (``overwrite`` forces it). The db is extracted in shards of ``shard_size`` images, each saved
-    atomically under ``<path>.partial/``, so an interrupted extraction resumes at the last shard.
+    (``overwrite`` forces it). The queries and then the db, in shards of ``shard_size`` images, are
+    saved atomically under ``<path>.partial/``, so an interrupted extraction resumes at the first
+    missing shard (a shard that does not load or has the wrong shape is extracted again).
     ``image_size``: an int, or a list of sizes for multi-resolution (see :func:`extract_vectors`);
     recorded in the parameters as an int for one size, else as the list.
     Returns ``(query (n_q, D), db (n_db, D), params)``.
@@ -220,17 +221,19 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
         atomic_write_json(partial / "params.json", params)
     common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device,
                   workers=workers, progress=progress)
-    query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
+    query = _load_shard(partial / "query.npy", dataset.n_query)
+    if query is None:
+        query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
+        atomic_save_npy(partial / "query.npy", query)
     db_paths, shards = dataset.db_paths(), []
     for start in range(0, len(db_paths), shard_size):
         shard = partial / f"db_{start:09d}.npy"
-        if shard.exists():
-            shards.append(np.load(shard))
-            continue
         stop = min(start + shard_size, len(db_paths))
-        desc = "db" if len(db_paths) <= shard_size else f"db {start}-{stop}"
-        vecs = extract_vectors(model, db_paths[start:stop], desc=desc, **common)
-        atomic_save_npy(shard, vecs)
+        vecs = _load_shard(shard, stop - start, query.shape[1])
+        if vecs is None:
+            desc = "db" if len(db_paths) <= shard_size else f"db {start}-{stop}"
+            vecs = extract_vectors(model, db_paths[start:stop], desc=desc, **common)
+            atomic_save_npy(shard, vecs)
         shards.append(vecs)
     db = np.concatenate(shards) if shards else np.zeros((0, query.shape[1]), np.float32)
     save_features(path, query, db, params)
@@ -283,6 +286,19 @@ def extract_test(model: torch.nn.Module, dataset, image_size: int | Sequence[int
     db = extract_vectors(model, dataset.db_paths(), desc="db", **common)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(query) + len(db))
     return query, db, ms
+
+
+def _load_shard(path: Path, n: int, dim: int | None = None) -> np.ndarray | None:
+    """A saved shard (n, dim) float32, or None when it is absent, unreadable or of another shape
+    (then it is extracted again)."""
+    if not path.is_file():
+        return None
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    ok = vecs.ndim == 2 and vecs.shape[0] == n and vecs.dtype == np.float32 and (dim is None or vecs.shape[1] == dim)
+    return vecs if ok else None
 
 
 def _read_json(path: Path):

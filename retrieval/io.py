@@ -26,13 +26,38 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
+        os_err = _os_error(e)
+        if os_err is None:
+            raise
+        if os_err.filename is None:
+            os_err.filename = str(path)  # e.g. "[Errno 28] No space left on device: '<path>'"
+        if os_err is e:
+            raise
+        raise os_err from e  # a writer (torch.save) that hid the disk error behind its own
     return path
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` if it is an OSError, else the first OSError among the exceptions it was raised from."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def atomic_write(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Atomically write ``path`` with ``write(fh)`` (temp file in the same folder, fsync, rename).
+    On failure the previous file is untouched and the temp file removed; a disk error raised under
+    another exception (as ``torch.save`` does) is re-raised as the OSError, naming ``path``."""
+    return _atomic(path, write, mode)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -77,13 +102,20 @@ def load_features(path) -> tuple[np.ndarray, np.ndarray, dict]:
     return query, db, params
 
 
+def _all_finite(x: np.ndarray, block: int = 1 << 22) -> bool:
+    """``np.isfinite(x).all()`` over row blocks of about ``block`` elements (no full-size mask: a
+    1M x 2048 db would need a 2 GB temporary)."""
+    rows = max(1, block // max(1, x.shape[1]))
+    return all(np.isfinite(x[i:i + rows]).all() for i in range(0, x.shape[0], rows))
+
+
 def check_features(query: np.ndarray, db: np.ndarray, name: str = "features") -> None:
     """Raise ValueError unless ``query`` (n_q, D) and ``db`` (n_db, D) are finite 2-D arrays of the
     same dimension D."""
     for what, x in (("query", query), ("db", db)):
         if x.ndim != 2:
             raise ValueError(f"{name}: {what} must be 2-D (n, D), got shape {x.shape}")
-        if not np.isfinite(x).all():
+        if not _all_finite(x):
             raise ValueError(f"{name}: {what} contains NaN or Inf")
     if query.shape[1] != db.shape[1]:
         raise ValueError(f"{name}: query dimension {query.shape[1]} != db dimension {db.shape[1]}")

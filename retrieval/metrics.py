@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 PROTOCOLS = ("easy", "medium", "hard")
+_GND_KEYS = ("ok", "junk", "bbx", "easy", "hard", "good")  # keys of any gnd format
 
 
 def compute_ap(pos, nres) -> float:
@@ -62,20 +63,34 @@ def _core(ranks, oks, junks, nres, kappas):
     Returns aps (nq,) and prs (nq, len(kappas)); queries with nres == 0 get NaN.
     """
     n_ranked, nq = ranks.shape
-    n_db = max([int(ranks.max()) + 1 if ranks.size else 0]
-               + [int(a.max()) + 1 for a in (*oks, *junks) if a.size])
-    # bit 1 = positive, bit 2 = junk (both may be set, as in the reference).
-    labels = np.zeros((nq, n_db), dtype=np.int8)
+    # Labels of the ids that have one: bit 1 = positive, bit 2 = junk (both may be set, as in the
+    # reference). Ids >= n_lab (e.g. the R1M distractors) map to the all-zero column n_lab, so the
+    # table stays as small as the labelled ids (cache-resident) whatever the db size.
+    n_lab = max([int(a.max()) + 1 for a in (*oks, *junks) if a.size], default=0)
+    labels = np.zeros((n_lab + 1, nq), dtype=np.int8)                  # [id, query], flattened below
     for ids, bit in ((oks, 1), (junks, 2)):
         q = np.repeat(np.arange(nq), [a.size for a in ids])
         if q.size:
-            flat = np.concatenate(ids)
-            labels[q, flat] |= bit
-    g = labels[np.arange(nq), ranks]          # (n_ranked, nq) int8
-    del labels
-    qp, pp = np.nonzero((g & 1).T)            # sorted by query, then position
-    qj, pj = np.nonzero((g & 2).T)
-    del g
+            labels[np.concatenate(ids), q] |= bit
+    labels = labels.ravel()
+    # one pass over ranks in row blocks (bounded memory): the labelled (position, query) pairs
+    cols, pos, lab = [], [], []
+    step = max(1, (1 << 20) // max(1, nq))
+    qidx = np.arange(nq)
+    for r0 in range(0, n_ranked, step):
+        idx = np.minimum(ranks[r0:r0 + step], n_lab).astype(np.int64, copy=False)  # (b, nq), a copy
+        idx *= nq
+        idx += qidx
+        g = np.take(labels, idx.ravel())                                 # labels of the entries
+        nz = np.flatnonzero(g)
+        cols.append(nz % nq)
+        pos.append(nz // nq + r0)
+        lab.append(g[nz])
+    q, p, lab = (np.concatenate(x) for x in (cols, pos, lab))
+    order = np.argsort(q * n_ranked + p, kind="stable")              # by query, then position
+    q, p, lab = q[order], p[order], lab[order]
+    qp, pp = q[(lab & 1) > 0], p[(lab & 1) > 0]
+    qj, pj = q[(lab & 2) > 0], p[(lab & 2) > 0]
     # Junk ranked strictly before each positive of the same query.
     jkeys = qj * n_ranked + pj
     before = (np.searchsorted(jkeys, qp * n_ranked + pp, side="left")
@@ -126,6 +141,10 @@ def compute_map(ranks, gnd, kappas=(1, 5, 10)):
     for i, e in enumerate(gnd):
         if not isinstance(e, Mapping) or "ok" not in e:
             raise ValueError(f"gnd[{i}] must be a dict with key 'ok'")
+        unknown = sorted(map(str, set(e) - set(_GND_KEYS)))
+        if unknown:  # e.g. a misspelt 'junk' would otherwise be ignored silently
+            raise ValueError(f"gnd[{i}] has unknown keys {unknown}; expected 'ok', 'junk' (and "
+                             f"optionally {', '.join(repr(k) for k in _GND_KEYS[2:])})")
     oks = [_ids(e["ok"], f"gnd[{i}]['ok']") for i, e in enumerate(gnd)]
     junks = [_ids(e.get("junk"), f"gnd[{i}]['junk']") for i, e in enumerate(gnd)]
     aps, prs = _core(ranks, oks, junks, [a.size for a in oks], kappas)

@@ -323,7 +323,9 @@ def _sub_operator(sub: torch.Tensor, nbr_t: torch.Tensor, w_t: torch.Tensor, alp
     row = torch.arange(t).repeat_interleave(k).expand(bsz, -1)
     vals = w_t[sub].reshape(bsz, t * k).double() * inside
     a = torch.zeros(bsz, t * t, dtype=torch.float64)
-    a.scatter_(1, row * t + col, vals)                         # no repeated (row, col) in a k-NN list
+    # add, not set: a neighbour outside the subgraph maps to an arbitrary column with value 0, which
+    # must not overwrite a real edge there (real (row, col) pairs are unique in a k-NN list)
+    a.scatter_add_(1, row * t + col, vals)
     a = a.view(bsz, t, t)
     a = (a + a.transpose(1, 2)) / 2
     dinv = _inv_sqrt_deg(a.sum(2))

@@ -5,7 +5,8 @@
     {"<dataset>": {"<method>": {"easy": {"map": ..., "mp@1": ...}, "medium": {...}, "hard": {...}}}}
 
 Command line: ``python -m retrieval.runs demo`` runs every ``notebooks/NN_*.ipynb`` into
-``runs/demo`` and prints the summary table.
+``runs/demo`` and prints the summary table; ``python -m retrieval.runs grid NOTEBOOK -p name v1 v2``
+runs one notebook over a parameter grid (:mod:`retrieval.grid`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .config import PROFILE_ENV, ROOT, resolve
 from .io import atomic_write_json
@@ -42,6 +45,82 @@ def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, result
     metrics = load_metrics(run_dir)
     metrics.setdefault(dataset, {})[method] = {p: {k: float(v) for k, v in results[p].items()} for p in PROTOCOLS}
     return atomic_write_json(resolve(run_dir) / "metrics.json", metrics)
+
+
+def ranks_path(run_dir: str | os.PathLike, dataset: str, method: str) -> Path:
+    """``<run_dir>/ranks/<dataset>/<method>.npz`` (``/`` in a method name becomes ``_``)."""
+    if not method or not dataset:
+        raise ValueError(f"dataset={dataset!r}, method={method!r}: both must be non-empty names")
+    return resolve(run_dir) / "ranks" / dataset / f"{method.replace('/', '_')}.npz"
+
+
+def record_ranks(run_dir: str | os.PathLike, dataset: str, method: str, ranks, gnd, scores=None,
+                 keep: int = 100, data_root: str | os.PathLike | None = None) -> Path:
+    """Save a method's ranked lists for the result browser and the top-10 grids, atomically.
+
+    ranks: (n_ranked, n_q) db indices (full or truncated lists); scores: (n_ranked | K, n_q)
+    similarities in the same order (optional; re-rankers such as CSA score only their top K, the
+    rows beyond are stored as NaN). The per-query AP of each protocol is computed here on the
+    lists as given, so the browser shows the true AP even though only the top ``keep`` rows are
+    stored. ``data_root``: where ``test/<dataset>`` lives (default the data folder at load time).
+    """
+    from .metrics import compute_map, protocol_gnd
+    from .io import atomic_save_npz
+
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2 or ranks.shape[1] != len(gnd):
+        raise ValueError(f"ranks for {dataset}/{method}: expected (n_ranked, n_q={len(gnd)}), got {ranks.shape}")
+    keep = min(int(keep), ranks.shape[0])
+    if keep < 1:
+        raise ValueError(f"keep={keep}: at least one rank must be kept")
+    top = np.full((keep, ranks.shape[1]), np.nan, np.float32)
+    if scores is not None:
+        scores = np.asarray(scores, np.float32)
+        if scores.ndim != 2 or scores.shape[1] != ranks.shape[1]:
+            raise ValueError(f"scores for {dataset}/{method}: expected (n, n_q={ranks.shape[1]}), got {scores.shape}")
+        n = min(keep, scores.shape[0])
+        top[:n] = scores[:n]
+    aps = {f"ap_{p}": compute_map(ranks, protocol_gnd(gnd, p))[1].astype(np.float32) for p in PROTOCOLS}
+    return atomic_save_npz(ranks_path(run_dir, dataset, method), ranks=ranks[:keep].astype(np.int64),
+                           scores=top, n_ranked=np.array(ranks.shape[0]), dataset=np.array(dataset),
+                           method=np.array(method), data_root=np.array(str(data_root or "")), **aps)
+
+
+def load_ranks(run_dir: str | os.PathLike, dataset: str, method: str) -> dict:
+    """What :func:`record_ranks` saved: ``ranks`` (k, n_q) int64, ``scores`` (k, n_q) float32
+    (NaN where not scored), ``ap`` {protocol: (n_q,) float32, NaN for queries without positives},
+    ``dataset``, ``method``, ``n_ranked`` and ``data_root`` (None when not recorded)."""
+    path = ranks_path(run_dir, dataset, method)
+    if not path.is_file():
+        have = list_ranks(run_dir).get(dataset, [])
+        raise FileNotFoundError(f"no ranked lists of {method!r} on {dataset!r}: {path} is missing "
+                                f"(recorded for this dataset: {have or 'none'})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {"ranks": z["ranks"], "scores": z["scores"], "dataset": str(z["dataset"]),
+                   "method": str(z["method"]), "n_ranked": int(z["n_ranked"]),
+                   "data_root": str(z["data_root"]) or None,
+                   "ap": {p: z[f"ap_{p}"] for p in PROTOCOLS}}
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a ranks file written by record_ranks ({e})") from e
+    return out
+
+
+def list_ranks(run_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``{dataset: [method, ...]}`` of the ranked lists recorded in ``run_dir`` (sorted)."""
+    root = resolve(run_dir) / "ranks"
+    out = {}
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+        methods = []
+        for f in sorted(folder.glob("*.npz")):
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    methods.append(str(z["method"]))
+            except (KeyError, ValueError, OSError):
+                continue  # not a ranks file: ignored
+        if methods:
+            out[folder.name] = sorted(methods)
+    return out
 
 
 def summary_table(metrics: dict) -> str:
@@ -130,7 +209,22 @@ def main(argv: list[str] | None = None) -> int:
                    "the outputs of nbval-check-output cells in the source notebooks")
     show = sub.add_parser("summary", help="print the summary table of a run folder")
     show.add_argument("run_dir")
+    grid = sub.add_parser("grid", help="run one notebook over a parameter grid (papermill), one folder per "
+                          "combination, and collect summary.csv/.md/.html/.png (see retrieval/grid.py)")
+    grid.add_argument("notebook", nargs="?", help="e.g. notebooks/01_extract_features.ipynb (or give --config)")
+    grid.add_argument("-p", nargs="+", action="append", metavar="NAME VALUE", default=[],
+                      help="a grid axis: -p pooling gem mac (values parsed as JSON when possible)")
+    grid.add_argument("--set", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                      help="a parameter fixed for every combination")
+    grid.add_argument("--config", help="a YAML grid file (notebook, grid, parameters, out, profile, link)")
+    grid.add_argument("--out", help="output folder (default runs/grid/<notebook stem>)")
+    grid.add_argument("--profile", choices=["full", "smoke"], help="run profile (default full)")
+    grid.add_argument("--link", action="append", default=[], help="a file or folder of an earlier run to link "
+                      "into every combination's folder (e.g. runs/demo/train_global)")
+    grid.add_argument("--timeout", type=int, help="seconds per cell before a combination fails")
     args = ap.parse_args(argv)
+    if args.cmd == "grid":
+        return _grid_command(ap, args)
     if args.cmd == "demo":
         params = {}
         for k, v in args.p:
@@ -150,6 +244,39 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(summary_table(load_metrics(args.run_dir)))
     return 0
+
+
+def _grid_command(ap: argparse.ArgumentParser, args) -> int:
+    from .grid import load_grid_file, parse_value, run_grid
+
+    spec = load_grid_file(args.config) if args.config else {}
+    notebook = args.notebook or spec.get("notebook")
+    if not notebook:
+        ap.error("grid: give a notebook or --config FILE")
+    axes = {}
+    for item in args.p:
+        if len(item) < 2:
+            ap.error(f"grid: -p {' '.join(item)}: expected a name and at least one value")
+        axes[item[0]] = [parse_value(v) for v in item[1:]]
+    grid = spec.get("grid", {})
+    if axes:
+        grid = [dict(g, **axes) for g in grid] if isinstance(grid, list) else dict(grid, **axes)
+    if not grid:
+        ap.error("grid: no grid axes (-p NAME V1 V2 ... or 'grid:' in --config)")
+    fixed = dict(spec.get("parameters") or {}, **{k: parse_value(v) for k, v in args.set})
+    try:
+        result = run_grid(notebook, grid, out=args.out or spec.get("out"), parameters=fixed,
+                          profile=args.profile or spec.get("profile", "full"),
+                          link=args.link or spec.get("link", []), timeout=args.timeout or spec.get("timeout"))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = result["out"]
+    print(f"\n{len(result['done'])} run, {len(result['skipped'])} skipped (done before), "
+          f"{len(result['failed'])} failed; summary in {out / 'summary.md'} (.csv, .html, .png)")
+    for name, error in result["failed"].items():
+        print(f"  FAILED {name}: {error}")
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":

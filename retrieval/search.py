@@ -26,15 +26,16 @@ def _stable_order(scores: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor
 
 def _chunk_topk(s: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``kk`` of each row of ``s`` (n_q, m) with ties at the k-th score resolved by the lower
-    index: a partial selection (topk), and a stable full sort only when a row has such a tie."""
+    index: a partial selection (topk of kk + 1: the set is unique unless the (kk+1)-th score equals
+    the kk-th), and a stable full sort only when a row has such a tie."""
     if kk >= s.shape[1]:
         i = torch.argsort(s, dim=1, descending=True, stable=True)
         return s.gather(1, i), i
-    vals, i = torch.topk(s, kk, dim=1)
-    if bool(((s >= vals[:, -1:]).sum(1) > kk).any()):  # topk may keep a higher index among ties
+    vals, i = torch.topk(s, kk + 1, dim=1)
+    if bool((vals[:, kk] == vals[:, kk - 1]).any()):  # topk may keep a higher index among ties
         i = torch.argsort(s, dim=1, descending=True, stable=True)[:, :kk]
-        vals = s.gather(1, i)
-    return vals, i
+        return s.gather(1, i), i
+    return vals[:, :kk], i[:, :kk]
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import importlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from tqdm.auto import tqdm
 
 from .config import resolve, resolve_device, seed_everything
-from .io import atomic_write_json
+from .io import atomic_write, atomic_write_json
 from .viz import save_figure
 
 __all__ = ["TrainConfig", "fit", "param_groups", "build_optimizer", "build_scheduler", "lr_factor",
@@ -260,27 +261,26 @@ def resolve_amp(amp: str | bool, device: str, amp_dtype: str = "auto") -> torch.
 
 # --------------------------------------------------------------------------- checkpoints, RNG
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """``torch.save(state)`` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save(state)`` atomically (temp file in the same folder + rename); a full disk raises
+    the OSError naming ``path`` and leaves the previous checkpoint intact."""
+    return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint written by :func:`fit` (keys: model, optimizer, scheduler, scaler, epoch,
-    step, steps_per_epoch, rng, world_size, config, history). Trusted files only (full unpickling)."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    step, steps_per_epoch, rng, world_size, config, history). Trusted files only (full unpickling).
+    ValueError naming the file when it is truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the checkpoint, truncated or not a torch file "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    return ckpt
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
@@ -415,7 +415,14 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task=None)
         ckpt = load_checkpoint(ckpt_path)
         _warn_config_change(ckpt["config"], cfg)
         _check_task(ckpt.get("task"), task, ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        missing = sorted({"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng"} - set(ckpt))
+        if missing:
+            raise ValueError(f"{ckpt_path}: not a checkpoint of fit (lacks {missing})")
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # another architecture: missing/unexpected keys, shape mismatch
+            raise ValueError(f"{ckpt_path}: the checkpoint's weights do not fit this model (another "
+                             f"architecture?); train into another out_dir or set resume=False.\n{e}") from e
     start = ckpt["epoch"] if ckpt else 0
     history: list[dict] = list(ckpt["history"]) if ckpt else []
     if start >= cfg.epochs:

@@ -24,16 +24,36 @@ def resolve_name(dataset: str = "synth", preset: str = "default", difficulty: fl
 
 
 def get_test(dataset: str = "synth", preset: str = "default", root: str | os.PathLike | None = None,
-             difficulty: float = 1.0, seed: int = 0, progress: bool = True) -> RevisitedDataset:
-    """The test split of ``dataset``; the synthetic one is generated first if missing."""
-    from ..config import data_dir
+             difficulty: float = 1.0, seed: int = 0, progress: bool = True,
+             distractors: str | None = None) -> RevisitedDataset:
+    """The test split of ``dataset``; the synthetic one is generated first if missing.
 
+    ``distractors``: None, or ``"r1m"`` / ``"r1m-N"`` to append the R1M distractors (all parts /
+    parts 1..N, downloaded with ``python -m retrieval.datasets download revisitop1m``) to the
+    database; the dataset is then named ``<name>+<distractors>``.
+    """
+    from ..config import data_dir
+    from .distractors import add_distractors, check_spec, r1m_paths
+
+    check_spec(distractors)
     root = Path(root) if root is not None else data_dir()
+    name = resolve_name(dataset, preset, difficulty, seed)
+    if dataset in REAL_TEST and not (root / "test" / name / f"gnd_{name}.pkl").is_file():
+        raise FileNotFoundError(f"{name} is not downloaded under {root / 'test' / name}: run "
+                                f"`python -m retrieval.datasets download {name}`")
     if dataset == "synth":
         generate(preset, root, difficulty=difficulty, seed=seed, progress=progress)
-    return load_revisited(root, resolve_name(dataset, preset, difficulty, seed))
+    ds = load_revisited(root, name)
+    return add_distractors(ds, r1m_paths(root, distractors), distractors) if distractors else ds
+
+
+def train_name(dataset: str = "synth", preset: str = "default") -> str:
+    """The training split that goes with a test set: the synthetic preset's own for ``synth``,
+    ``retrieval-SfM-120k`` (downloaded) for the real test sets."""
+    resolve_name(dataset, preset)  # checks the name
+    return "retrieval-SfM-120k" if dataset in REAL_TEST else dataset_name(preset)
 
 
 __all__ = ["PRESETS", "REAL_TEST", "RevisitedDataset", "cid2filename", "crop_bbx", "dataset_name",
            "generate", "get_test", "load_image", "load_revisited", "load_sfm", "resize_longer",
-           "resolve_name", "validate_gnd", "TupleMiner", "TuplesDataset"]
+           "resolve_name", "train_name", "validate_gnd", "TupleMiner", "TuplesDataset"]

@@ -1,4 +1,6 @@
-"""``python -m retrieval.datasets generate --preset default``: build the synthetic benchmark."""
+"""``python -m retrieval.datasets generate --preset default``: build the synthetic benchmark;
+``python -m retrieval.datasets download roxford5k``: fetch a real dataset or a published network
+(``--list`` for every name); ``python -m retrieval.datasets verify token-r101``: check placed files."""
 
 import argparse
 import sys
@@ -16,10 +18,44 @@ def main(argv=None) -> int:
     g.add_argument("--root", default=None, help="data folder (default: data/ or $RETRIEVAL_DATA_DIR)")
     g.add_argument("--workers", type=int, default=None)
     g.add_argument("--overwrite", action="store_true")
+    d = sub.add_parser("download", help="download real datasets / published networks into data/ (see --list)")
+    d.add_argument("names", nargs="*", help="e.g. roxford5k rparis6k revisitop1m retrieval-SfM-120k "
+                   "gldv2-clean gl18-tl-resnet101-gem-w imagenet-resnet101, or a group: test, networks, imagenet")
+    d.add_argument("--list", action="store_true", help="list every downloadable name and exit")
+    d.add_argument("--parts", default=None, help="subset of shards for revisitop1m (1-100) / gldv2-clean (0-499), "
+                   "e.g. 1-10 or 1,3,5-7")
+    d.add_argument("--root", default=None, help="data folder (default: data/ or $RETRIEVAL_DATA_DIR)")
+    d.add_argument("--mirror", default=None, help="base URL of a mirror serving <host>/<path> of the official URLs")
+    d.add_argument("--keep-archives", action="store_true", help="keep archives under data/downloads/ after unpacking")
+    d.add_argument("--retries", type=int, default=3, help="resume attempts per file after an interrupted transfer")
+    d.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a transfer is retried")
+    v = sub.add_parser("verify", help="check downloaded or hand-placed files against their checksums")
+    v.add_argument("names", nargs="+")
+    v.add_argument("--root", default=None)
     args = ap.parse_args(argv)
-    paths = generate(args.preset, args.root, args.difficulty, args.seed, args.workers, args.overwrite)
-    for split, path in paths.items():
-        print(f"{split}: {path}")
+    if args.cmd == "generate":
+        paths = generate(args.preset, args.root, args.difficulty, args.seed, args.workers, args.overwrite)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+        return 0
+
+    from .download import DownloadError, download, listing, verify
+
+    if args.cmd == "download" and (args.list or not args.names):
+        print(listing())
+        return 0
+    try:
+        for name in args.names:
+            if args.cmd == "download":
+                for path in download(name, args.root, parts=args.parts, mirror=args.mirror,
+                                     keep_archives=args.keep_archives, retries=args.retries, timeout=args.timeout):
+                    print(f"{name}: {path}")
+            else:
+                for path, digest in verify(name, args.root).items():
+                    print(f"{name}: {path} sha256 {digest}")
+    except (DownloadError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: keys a gnd entry may hold: revisited (``bbx``, ``easy``, ``hard``, ``junk``) and the original
+#: Oxford/Paris lists (``good``, ``ok``, ``junk``)
+GND_KEYS = ("bbx", "easy", "hard", "junk", "ok", "good")
 
 @dataclass
 class RevisitedDataset:
@@ -67,12 +70,23 @@ def validate_gnd(cfg, where: str = "gnd") -> None:
     for i, g in enumerate(cfg["gnd"]):
         if not isinstance(g, dict):
             raise ValueError(f"{where}: gnd[{i}] must be a dict, got {type(g).__name__}")
-        if "bbx" in g and g["bbx"] is not None and np.asarray(g["bbx"]).shape != (4,):
-            raise ValueError(f"{where}: gnd[{i}]['bbx'] must be [x1, y1, x2, y2], got {g['bbx']!r}")
-        keys = [k for k in ("easy", "hard", "junk", "ok") if k in g]
+        unknown = sorted(map(str, set(g) - set(GND_KEYS)))
+        if unknown:
+            raise ValueError(f"{where}: gnd[{i}] has unknown keys {unknown}; expected some of {list(GND_KEYS)}")
+        if "bbx" in g and g["bbx"] is not None:
+            b = np.asarray(g["bbx"])
+            if b.shape != (4,) or b.dtype.kind not in "iuf" or not np.isfinite(b).all() \
+                    or not (b[0] < b[2] and b[1] < b[3]):
+                raise ValueError(f"{where}: gnd[{i}]['bbx'] must be finite [x1, y1, x2, y2] with x1 < x2 "
+                                 f"and y1 < y2, got {g['bbx']!r}")
+        keys = [k for k in ("easy", "hard", "junk", "ok", "good") if k in g]
         if not keys:
             raise ValueError(f"{where}: gnd[{i}] has none of 'easy', 'hard', 'junk' (keys: {sorted(g)})")
         for k in keys:
-            idx = np.asarray(g[k], dtype=np.int64).ravel()
+            raw = np.asarray(g[k] if g[k] is not None else [])
+            if raw.size and raw.dtype.kind not in "iu":
+                raise ValueError(f"{where}: gnd[{i}]['{k}'] must hold integer db indices, got dtype {raw.dtype}")
+            idx = raw.astype(np.int64).ravel()
             if idx.size and (idx.min() < 0 or idx.max() >= n_db):
-                raise ValueError(f"{where}: gnd[{i}]['{k}'] has indices outside [0, {n_db})")
+                raise ValueError(f"{where}: gnd[{i}]['{k}'] has indices outside [0, {n_db}) "
+                                 f"(min {idx.min()}, max {idx.max()})")

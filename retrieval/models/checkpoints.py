@@ -188,12 +188,16 @@ def read_checkpoint(path: str | os.PathLike, trusted: bool = False) -> Any:
     arrays) is unpickled in full only when ``trusted`` (its hash was verified), else ValueError."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not trusted:
-            raise ValueError(f"{path}: holds objects other than tensors and plain containers; it is "
-                             "loaded in full (arbitrary unpickling) only once its hash is verified") from e
-    return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if not trusted:
+                raise ValueError(f"{path}: holds objects other than tensors and plain containers; it is "
+                                 "loaded in full (arbitrary unpickling) only once its hash is verified") from e
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated, not a torch file
+        raise ValueError(f"{path}: cannot read the checkpoint, truncated or not a torch file "
+                         f"({type(e).__name__}: {e})") from e
 
 
 # --------------------------------------------------------------------------- loading
@@ -372,4 +376,8 @@ def load_network(spec: str | os.PathLike, verify: bool = True) -> GlobalNet:
     if not path.is_file():
         raise FileNotFoundError(f"network {str(spec)!r} is neither a published name ({sorted(PUBLISHED)}) "
                                 f"nor an existing checkpoint file")
-    return load_checkpoint_dict(read_checkpoint(path))
+    ckpt = read_checkpoint(path)
+    try:
+        return load_checkpoint_dict(ckpt)
+    except (ValueError, NotImplementedError) as e:
+        raise type(e)(f"{path}: {e}") from e

@@ -1,0 +1,601 @@
+"""Downloads of the real benchmarks, the 1M distractors, the training sets and the published networks.
+
+One table (:data:`RESOURCES`) holds the official URLs, where each file goes under ``data/`` (or the
+torch hub cache for torchvision weights) and the checksum when one is known:
+
+* published cnnimageretrieval-pytorch networks and torchvision weights: the sha256 prefix in their
+  filenames (:mod:`retrieval.models.checkpoints`);
+* GLDv2 shards: the md5 files the dataset publishes next to them;
+* everything else has no published checksum: its sha256 is recorded in ``data/checksums.json`` on
+  the first download (trust on first use) and every later download or placed file is checked
+  against it.
+
+Transfers go to a hidden ``.<name>.part`` file next to the destination, resume with an HTTP
+``Range`` request after an interruption, and are renamed into place only once complete and
+verified, so a broken download never leaves a file that looks complete. Archives are unpacked into
+a temporary folder first and moved into the documented layout (``data/README.md``) only when the
+whole archive read cleanly; a marker ``data/downloads/<resource>/<archive>.extracted.json`` then
+records it (and the member list, used for R1M subsets) so that reruns skip it.
+
+Command line: ``python -m retrieval.datasets download roxford5k`` (``--parts 1-10`` for a subset of
+R1M / GLDv2 shards, ``--list`` for every name); from Python: ``download("roxford5k")``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import atomic_write_json
+
+CHUNK = 1 << 20
+USER_AGENT = "landmark-retrieval-lab/0.1 (python urllib)"
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot complete: no network, HTTP error, disk full, bad archive."""
+
+
+class IncompleteDownload(DownloadError):
+    """The transfer stopped early; the ``.part`` file is kept and the next attempt resumes it."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded (or placed) file's hash differs from the expected one."""
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to fetch.
+
+    ``dest``: relative to the base folder (``base="data"``: the data root; ``"hub"``: the torch hub
+    directory); for an archive, the folder it is unpacked into. ``extract``: None (keep the file),
+    ``"flatten"`` (every member into ``dest``, sub-folders dropped) or ``"tree"`` (layout kept).
+    ``sha256``: a full hash or a prefix, when published. ``md5_url``: a published md5 file.
+    ``part``: the index of a shard (R1M, GLDv2), selectable with ``parts``. ``manual``: the file
+    cannot be fetched by a script (e.g. a Google Drive link); it is verified once placed.
+    """
+
+    url: str
+    dest: str
+    sha256: str | None = None
+    md5_url: str | None = None
+    extract: str | None = None
+    base: str = "data"
+    part: int | None = None
+    manual: bool = False
+
+    @property
+    def filename(self) -> str:
+        return urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    description: str
+    files: tuple[RemoteFile, ...]
+    parts: tuple[int, ...] = ()           # shard indices, when the resource comes in shards
+    check: str | None = None              # layout check after download: "revisited", "sfm", "network"
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+
+_OXF = "https://www.robots.ox.ac.uk/~vgg/data"
+_CMP = "http://cmp.felk.cvut.cz/cnnimageretrieval/data"
+_R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
+_GLD = "https://s3.amazonaws.com/google-landmark"
+
+
+def _revisited(name: str, archives: list[str], folder: str) -> Resource:
+    files = [RemoteFile(f"{_CMP}/test/{name}/gnd_{name}.pkl", f"test/{name}/gnd_{name}.pkl")]
+    files += [RemoteFile(f"{_OXF}/{folder}/{a}", f"test/{name}/jpg", extract="flatten") for a in archives]
+    return Resource(name, f"revisited {name[1:]}: images + ground truth (Radenović et al., CVPR 2018)",
+                    tuple(files), check="revisited")
+
+
+def _build() -> dict[str, Resource]:
+    from ..models.checkpoints import PUBLISHED, TORCHVISION_WEIGHTS
+
+    res = [
+        # sources: cnnimageretrieval-pytorch cirtorch/utils/download.py (download_test, download_train),
+        # revisitop python/download.py (download_distractors), cvdfoundation/google-landmark README
+        _revisited("roxford5k", ["oxbuild_images-v1.tgz"], "oxbuildings"),
+        _revisited("rparis6k", ["paris_1-v1.tgz", "paris_2-v1.tgz"], "parisbuildings"),
+        Resource("revisitop1m", "R1M: 1,001,001 distractor images in 100 parts (revisitop)",
+                 (RemoteFile(f"{_R1M}/revisitop1m.txt", "test/revisitop1m/revisitop1m.txt"),)
+                 + tuple(RemoteFile(f"{_R1M}/jpg/revisitop1m.{k}.tar.gz", "test/revisitop1m/jpg",
+                                    extract="tree", part=k) for k in range(1, 101)),
+                 parts=tuple(range(1, 101)), aliases=("r1m",),
+                 notes="~10k images per part; use with distractors='r1m' (all parts) or 'r1m-N' (parts 1..N)"),
+        Resource("retrieval-SfM-120k", "retrieval-SfM-120k training images + annotation (Radenović et al.)",
+                 (RemoteFile(f"{_CMP}/train/dbs/retrieval-SfM-120k.pkl",
+                             "train/retrieval-SfM-120k/retrieval-SfM-120k.pkl"),
+                  RemoteFile(f"{_CMP}/train/dbs/retrieval-SfM-120k-whiten.pkl",
+                             "train/retrieval-SfM-120k/retrieval-SfM-120k-whiten.pkl"),
+                  RemoteFile(f"{_CMP}/train/ims/ims.tar.gz", "train/retrieval-SfM-120k/ims", extract="tree")),
+                 check="sfm", aliases=("rsfm120k",)),
+        Resource("gldv2-clean", "Google Landmarks v2 train set: csv files + 500 image shards (~1 GB each)",
+                 (RemoteFile(f"{_GLD}/metadata/train_clean.csv", "train/gldv2-clean/train_clean.csv"),
+                  RemoteFile(f"{_GLD}/metadata/train.csv", "train/gldv2-clean/train.csv"))
+                 + tuple(RemoteFile(f"{_GLD}/train/images_{k:03d}.tar", "train/gldv2-clean/train", extract="tree",
+                                    md5_url=f"{_GLD}/md5sum/train/md5.images_{k:03d}.txt", part=k)
+                         for k in range(500)),
+                 parts=tuple(range(500)), aliases=("gldv2",),
+                 notes="images at train/<a>/<b>/<c>/<id>.jpg; train_clean.csv lists the clean subset"),
+    ]
+    for name, net in PUBLISHED.items():
+        res.append(Resource(name, f"published network ({net.backbone} {net.pooling}, trained on {net.train_set})",
+                            (RemoteFile(net.url, f"networks/{net.filename}", sha256=net.sha256_prefix),),
+                            check="network"))
+    for backbone, w in TORCHVISION_WEIGHTS.items():
+        res.append(Resource(f"imagenet-{backbone}", f"torchvision ImageNet weights of {backbone}",
+                            (RemoteFile(w.url, f"checkpoints/{w.filename}", sha256=w.sha256_prefix, base="hub"),)))
+    # Token (Wu et al., AAAI 2022): the authors publish their checkpoints only as Google Drive links
+    # (MCC-WH/Token README), which need a browser; placed by hand, then verified (trust on first use).
+    for arch, drive in (("r50", "https://drive.google.com/file/d/111CQpn38d2P82VhbawMrM5wGNMU9AlFq/view"),
+                        ("r101", "https://drive.google.com/file/d/1g_fvpaSyYn9QmzyVnoY7cDlUL7EZWbZz/view")):
+        res.append(Resource(f"token-{arch}", f"Token {arch.upper()} checkpoint of its authors (manual download)",
+                            (RemoteFile(drive, f"networks/token_{arch}.pth", manual=True),),
+                            notes="load with retrieval.models.token.load_released_token"))
+    return {r.name: r for r in res}
+
+
+RESOURCES: dict[str, Resource] = _build()
+GROUPS = {"test": ("roxford5k", "rparis6k"),
+          "networks": tuple(n for n, r in RESOURCES.items() if r.check == "network"),
+          "imagenet": tuple(n for n in RESOURCES if n.startswith("imagenet-"))}
+
+
+def resource(name: str) -> Resource:
+    """A resource by name or alias; ValueError listing the names otherwise."""
+    for r in RESOURCES.values():
+        if name == r.name or name in r.aliases:
+            return r
+    raise ValueError(f"unknown download {name!r}; known: {', '.join(sorted(RESOURCES))} "
+                     f"(groups: {', '.join(GROUPS)})")
+
+
+def parse_parts(spec: str | int | list | tuple | None, available: tuple[int, ...], name: str = "") -> tuple[int, ...]:
+    """``"1-10"``, ``"1,3,5-7"``, an int or a list → sorted shard indices, checked against ``available``."""
+    if spec is None:
+        return available
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        chosen = {spec}
+    elif isinstance(spec, str):
+        chosen = set()
+        for piece in filter(None, (p.strip() for p in spec.split(","))):
+            lo, _, hi = piece.partition("-")
+            try:
+                a, b = int(lo), int(hi or lo)
+            except ValueError:
+                raise ValueError(f"parts={spec!r}: expected e.g. '1-10' or '1,3,5-7'") from None
+            chosen.update(range(a, b + 1))
+    else:
+        chosen = {int(p) for p in spec}
+    if not available:
+        raise ValueError(f"{name} does not come in parts; drop parts={spec!r}")
+    bad = sorted(chosen - set(available))
+    if bad or not chosen:
+        raise ValueError(f"parts={spec!r} for {name}: parts are {available[0]}..{available[-1]}"
+                         + (f"; not available: {bad[:10]}" if bad else ""))
+    return tuple(sorted(chosen))
+
+
+# --------------------------------------------------------------------------- checksums
+class ChecksumRegistry:
+    """``<root>/checksums.json``: sha256 and size of files with no published checksum, recorded on
+    their first download (keyed by the official URL) and checked on every later one."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except ValueError as e:
+            raise ValueError(f"{self.path}: not valid JSON ({e}); fix or delete it (it only records "
+                             "hashes of earlier downloads)") from e
+
+    def get(self, url: str) -> str | None:
+        entry = self.entries.get(url)
+        return entry["sha256"] if entry else None
+
+    def record(self, url: str, sha256: str, size: int) -> None:
+        self.entries[url] = {"sha256": sha256, "bytes": int(size), "recorded": time.strftime("%Y-%m-%d")}
+        atomic_write_json(self.path, self.entries)
+
+    def forget(self, url: str) -> None:
+        if self.entries.pop(url, None) is not None:
+            atomic_write_json(self.path, self.entries)
+
+
+def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_hash(path: Path, expected: str | None, algorithm: str, source: str) -> None:
+    if not expected:
+        return
+    got = file_hash(path, algorithm)
+    if not got.startswith(expected.lower()):
+        raise ChecksumError(f"{source}: {algorithm} mismatch for {path}: expected {expected}, got {got} "
+                            "(corrupt or changed upstream)")
+
+
+# --------------------------------------------------------------------------- HTTP
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc
+
+
+def mirrored(url: str, mirror: str | None) -> str:
+    """``url`` served by ``mirror`` (a base URL holding ``<host>/<path>`` of the official URL)."""
+    if not mirror:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
+
+
+def _total_from_range(value: str | None) -> int | None:
+    # "bytes 100-199/200" or "bytes */200"
+    if value and "/" in value and value.rsplit("/", 1)[1].strip().isdigit():
+        return int(value.rsplit("/", 1)[1])
+    return None
+
+
+def _transfer(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
+    """Fetch ``url`` into ``part``, continuing from its current size with a Range request."""
+    from tqdm.auto import tqdm
+
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # range past the end: complete already, or the file changed
+            if _total_from_range(e.headers.get("Content-Range")) == offset:
+                return
+            part.unlink()
+            raise IncompleteDownload(f"{url}: the server refused to resume at byte {offset}; restarting") from e
+        if e.code == 404:
+            raise DownloadError(f"{url}: 404 Not Found (moved or removed upstream? see data/README.md "
+                                "for the sources)") from e
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except urllib.error.URLError as e:
+        raise DownloadError(f"cannot reach {_host(url)} for {url} ({e.reason}): no network, a proxy "
+                            "needed, or the server is down") from e
+    except (TimeoutError, socket.timeout, ConnectionError) as e:
+        raise IncompleteDownload(f"{url}: connection failed ({e})") from e
+    with resp:
+        length = resp.headers.get("Content-Length")
+        if offset and resp.status == 206:
+            total = _total_from_range(resp.headers.get("Content-Range"))
+            total = total if total is not None else (offset + int(length) if length else None)
+            mode = "ab"
+        else:  # a full response: the server ignored the range (or nothing to resume)
+            offset, mode = 0, "wb"
+            total = int(length) if length else None
+        if total is not None:
+            free = shutil.disk_usage(part.parent).free
+            if free < total - offset:
+                raise DownloadError(f"disk full: {part.parent} has {free / 1e9:.2f} GB free, "
+                                    f"{url} needs {(total - offset) / 1e9:.2f} GB more")
+        with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                                           unit_divisor=1024, desc=desc, disable=not progress, leave=False) as bar:
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except (http.client.IncompleteRead, TimeoutError, socket.timeout, ConnectionError) as e:
+                    raise IncompleteDownload(f"{url}: transfer interrupted ({type(e).__name__}); "
+                                             f"{part} is kept and resumed next time") from e
+                if not block:
+                    break
+                try:
+                    fh.write(block)
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise DownloadError(f"disk full while writing {part} (from {url}); free space and "
+                                            "rerun: the download resumes") from e
+                    raise
+                bar.update(len(block))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise IncompleteDownload(f"{url}: transfer stopped at {size} of {total} bytes; {part} is kept and "
+                                 "resumed next time")
+
+
+def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
+          progress: bool = True, retries: int = 3, timeout: float = 60.0, backoff: float = 2.0,
+          source: str | None = None) -> str:
+    """Download ``url`` to ``dest`` (resumable, verified, atomic); returns the file's sha256.
+
+    The bytes go to ``.<dest name>.part`` (kept on interruption; an interrupted transfer is resumed
+    with a Range request, up to ``retries`` times here and again on the next call). Only a complete
+    file whose ``sha256`` (prefix or full) and ``md5`` match is renamed to ``dest``; on a mismatch
+    the partial file is deleted and :class:`ChecksumError` raised. ``source`` names the URL in
+    messages (the official one when ``url`` is a mirror).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    source = source or url
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, timeout, progress, desc=dest.name)
+            break
+        except IncompleteDownload:
+            if attempt == retries:
+                raise
+            time.sleep(backoff * 2 ** attempt)
+    try:
+        _check_hash(part, sha256, "sha256", source)
+        _check_hash(part, md5, "md5", source)
+    except ChecksumError:
+        part.unlink()
+        raise
+    digest = file_hash(part)
+    os.replace(part, dest)
+    return digest
+
+
+def fetch_md5(url: str, timeout: float = 60.0) -> str:
+    """The md5 in a published md5sum file (``<32 hex>  <name>``)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
+                                    timeout=timeout) as resp:
+            text = resp.read(4096).decode("ascii", "replace")
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason} (md5 file)") from e
+    except urllib.error.URLError as e:
+        raise DownloadError(f"cannot reach {_host(url)} for {url} ({e.reason})") from e
+    token = text.split()[0].lower() if text.split() else ""
+    if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        raise DownloadError(f"{url}: not an md5sum file (starts with {text[:40]!r})")
+    return token
+
+
+# --------------------------------------------------------------------------- archives
+def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    files = []
+    for m in tar.getmembers():
+        parts = Path(m.name).parts
+        if m.name.startswith(("/", "\\")) or ".." in parts:
+            raise DownloadError(f"{archive}: member {m.name!r} points outside the extraction folder; refused")
+        if m.isfile():
+            files.append(m)
+        elif not m.isdir():
+            raise DownloadError(f"{archive}: member {m.name!r} is a link or device; refused")
+    return files
+
+
+def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, flatten: bool = False,
+                    progress: bool = True) -> list[str]:
+    """Unpack a tar (gz/bz2/xz) ``archive`` into ``into``; returns the member paths written,
+    relative to ``into``. ``flatten`` drops sub-folders (every file lands in ``into``).
+
+    Members are unpacked to a temporary folder first and moved into place only once the whole
+    archive read cleanly, so a truncated or corrupt archive leaves ``into`` as it was
+    (:class:`DownloadError` naming the archive). Absolute paths, ``..`` and links are refused.
+    """
+    from tqdm.auto import tqdm
+
+    archive, into = Path(archive), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    tmp = into.parent / f".{into.name}.extract-{archive.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    written: list[str] = []
+    try:
+        with tarfile.open(archive) as tar:
+            members = _safe_members(tar, archive)
+            for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
+                rel = Path(Path(m.name).name) if flatten else Path(*Path(m.name).parts)
+                target = tmp / rel
+                if flatten and target.exists():
+                    raise DownloadError(f"{archive}: two members named {rel} (cannot flatten)")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                with src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                written.append(rel.as_posix())
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DownloadError(f"disk full while extracting {archive} into {into}") from e
+        raise DownloadError(f"{archive}: truncated or corrupt archive ({type(e).__name__}: {e}); it is "
+                            "deleted, rerun to download it again") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for rel in written:
+        target = into / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+# --------------------------------------------------------------------------- resources
+def _base(f: RemoteFile, root: Path) -> Path:
+    if f.base == "hub":
+        import torch
+
+        return Path(torch.hub.get_dir())
+    return root
+
+
+def _marker(root: Path, res: Resource, f: RemoteFile) -> Path:
+    return root / "downloads" / res.name / f"{f.filename}.extracted.json"
+
+
+def download(name: str, root: str | os.PathLike | None = None, parts=None, mirror: str | None = None,
+             keep_archives: bool = False, progress: bool = True, retries: int = 3, timeout: float = 60.0,
+             backoff: float = 2.0) -> list[Path]:
+    """Download (and unpack, and check) the resource ``name`` (see :data:`RESOURCES` or ``--list``;
+    a group name fetches several); returns the files and folders it provides.
+
+    ``root``: the data folder (default ``data/`` or ``$RETRIEVAL_DATA_DIR``). ``parts``: a subset of
+    shards (``"1-10"``) for R1M / GLDv2. ``mirror``: a base URL serving ``<host>/<path>`` of the
+    official URLs (a local copy; the tests' server). Finished files and unpacked archives are
+    skipped on a rerun; interrupted transfers resume.
+    """
+    from ..config import data_dir
+
+    if name in GROUPS:
+        return [p for n in GROUPS[name] for p in download(n, root, parts, mirror, keep_archives, progress,
+                                                          retries, timeout, backoff)]
+    res = resource(name)
+    root = Path(root) if root is not None else data_dir()
+    chosen = parse_parts(parts, res.parts, res.name) if (parts is not None or res.parts) else ()
+    registry = ChecksumRegistry(root / "checksums.json")
+    out: list[Path] = []
+    for f in res.files:
+        if f.part is not None and f.part not in chosen:
+            continue
+        dest = _base(f, root) / f.dest
+        if f.manual:
+            out.append(_verify_placed(f, dest, registry, res))
+            continue
+        if f.extract is None:
+            out.append(_fetch_file(f, dest, registry, mirror, progress, retries, timeout, backoff))
+            continue
+        marker = _marker(root, res, f)
+        if marker.exists() and dest.is_dir():
+            out.append(dest)
+            continue
+        archive = root / "downloads" / res.name / f.filename
+        trusted_before = f.sha256 or registry.get(f.url)
+        if not archive.exists():
+            _fetch_file(f, archive, registry, mirror, progress, retries, timeout, backoff)
+        try:
+            members = extract_archive(archive, dest, flatten=f.extract == "flatten", progress=progress)
+        except DownloadError:
+            archive.unlink(missing_ok=True)
+            if not trusted_before:  # a hash recorded from a broken archive must not be trusted later
+                registry.forget(f.url)
+            raise
+        atomic_write_json(marker, {"url": f.url, "sha256": file_hash(archive), "into": f.dest,
+                                   "n_files": len(members), "files": members}, indent=None)
+        if not keep_archives:
+            archive.unlink()
+        out.append(dest)
+    _check_layout(res, root)
+    return out
+
+
+def _fetch_file(f: RemoteFile, dest: Path, registry: ChecksumRegistry, mirror, progress, retries, timeout,
+                backoff) -> Path:
+    expected = f.sha256 or registry.get(f.url)
+    if dest.exists():
+        if expected:
+            try:
+                _check_hash(dest, expected, "sha256", f.url)
+            except ChecksumError as e:
+                raise ChecksumError(f"{e}; delete {dest} to download it again") from None
+        else:
+            registry.record(f.url, file_hash(dest), dest.stat().st_size)
+        return dest
+    md5 = fetch_md5(mirrored(f.md5_url, mirror), timeout) if f.md5_url else None
+    digest = fetch(mirrored(f.url, mirror), dest, sha256=expected, md5=md5, progress=progress, retries=retries,
+                   timeout=timeout, backoff=backoff, source=f.url)
+    if not expected:
+        registry.record(f.url, digest, dest.stat().st_size)
+    return dest
+
+
+def _verify_placed(f: RemoteFile, dest: Path, registry: ChecksumRegistry, res: Resource) -> Path:
+    if not dest.is_file():
+        raise DownloadError(f"{res.name}: only published as {f.url} (needs a browser); download it by hand "
+                            f"to {dest}, then run `python -m retrieval.datasets verify {res.name}`")
+    expected = f.sha256 or registry.get(f.url)
+    if expected:
+        _check_hash(dest, expected, "sha256", f.url)
+    else:
+        registry.record(f.url, file_hash(dest), dest.stat().st_size)
+    return dest
+
+
+def verify(name: str, root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Check every file of ``name`` already on disk against its known checksum (recording it when
+    none is known yet); returns ``{path: sha256}``. Archives are checked through their markers."""
+    from ..config import data_dir
+
+    res = resource(name)
+    root = Path(root) if root is not None else data_dir()
+    registry = ChecksumRegistry(root / "checksums.json")
+    done: dict[str, str] = {}
+    for f in res.files:
+        dest = _base(f, root) / f.dest
+        if f.extract:
+            marker = _marker(root, res, f)
+            if marker.exists():
+                done[str(dest)] = json.loads(marker.read_text())["sha256"]
+            continue
+        if f.manual:
+            _verify_placed(f, dest, registry, res)
+        elif dest.exists():
+            _fetch_file(f, dest, registry, None, False, 0, 0, 0)
+        else:
+            continue
+        done[str(dest)] = file_hash(dest)
+    if not done:
+        raise FileNotFoundError(f"{res.name}: nothing downloaded yet under {root}")
+    return done
+
+
+def _check_layout(res: Resource, root: Path) -> None:
+    if res.check == "revisited":
+        from .revisited import load_revisited
+
+        ds = load_revisited(root, res.name)
+        paths = ds.query_paths() + ds.db_paths()
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DownloadError(f"{res.name}: {len(missing)} of {len(paths)} images listed in "
+                                f"gnd_{res.name}.pkl are missing, e.g. {missing[0]}")
+    elif res.check == "sfm":
+        from .tuples import load_sfm
+
+        db = load_sfm(root, res.name)
+        paths = [p for split in db.values() for p in split["paths"]]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DownloadError(f"{res.name}: {len(missing)} of {len(paths)} training images are missing, "
+                                f"e.g. {missing[0]}")
+    elif res.check == "network":
+        from ..models.checkpoints import load_published
+
+        load_published(res.name, path=root / res.files[0].dest)
+
+
+def listing() -> str:
+    """One line per resource: name, description, file count, notes."""
+    lines = []
+    for r in RESOURCES.values():
+        alias = f" (alias {', '.join(r.aliases)})" if r.aliases else ""
+        parts = f", parts {r.parts[0]}..{r.parts[-1]}" if r.parts else ""
+        lines.append(f"{r.name}{alias}: {r.description}; {len(r.files)} file(s){parts}"
+                     + (f"; {r.notes}" if r.notes else ""))
+    lines.append("groups: " + "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()))
+    return "\n".join(lines)
+
+
+__all__ = ["ChecksumError", "ChecksumRegistry", "DownloadError", "GROUPS", "IncompleteDownload", "RESOURCES",
+           "RemoteFile", "Resource", "download", "extract_archive", "fetch", "fetch_md5", "file_hash", "listing",
+           "mirrored", "parse_parts", "resource", "verify"]
