@@ -562,3 +562,15 @@ def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert drop(a["history"]) == drop(b["history"])
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    """Atomic writes end with the mode a plain open() would give (mkstemp alone makes 0600)."""
+    import os
+
+    from retrieval.io import atomic_write_json
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
