@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from .config import PROFILE_ENV, check_parameters, resolve
-from .io import _atomic, atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json
 
 PROTOCOL_SHORT = {"easy": "E", "medium": "M", "hard": "H"}
 
@@ -279,6 +279,8 @@ def _plot(path: Path, rows: list[dict], title: str) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from .viz import save_figure
+
     scored = [r for r in rows if r.get("M") is not None]
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.35 * max(1, len(scored))))
     if scored:
@@ -294,6 +296,6 @@ def _plot(path: Path, rows: list[dict], title: str) -> Path:
         ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

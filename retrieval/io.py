@@ -58,6 +58,17 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+def file_hash(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest (``sha256``, ``md5``, any ``hashlib`` name) of a file, read in chunks."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Atomically write ``path`` with ``write(fh)`` (temp file in the same folder, fsync, rename).
     On failure the previous file is untouched and the temp file removed; a disk error raised under

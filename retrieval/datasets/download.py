@@ -24,7 +24,6 @@ R1M / GLDv2 shards, ``--list`` for every name); from Python: ``download("roxford
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -38,7 +37,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_hash
 
 CHUNK = 1 << 20
 USER_AGENT = "landmark-retrieval-lab/0.1 (python urllib)"
@@ -219,14 +218,6 @@ class ChecksumRegistry:
     def forget(self, url: str) -> None:
         if self.entries.pop(url, None) is not None:
             atomic_write_json(self.path, self.entries)
-
-
-def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_hash(path: Path, expected: str | None, algorithm: str, source: str) -> None:

@@ -19,7 +19,6 @@ not confirmed upstream — ``verify=False`` skips the check.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -30,7 +29,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 
 from ..config import data_dir
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, file_hash
 from .backbones import BACKBONES
 from .global_net import GlobalNet, build_global_net
 from .pooling import POOLINGS
@@ -158,13 +157,9 @@ def published_path(name: str) -> Path:
     return networks_dir() / _published(name).filename
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_hash(path, "sha256")
 
 
 def verify_file(path: str | os.PathLike, sha256_prefix: str) -> str:
