@@ -16,7 +16,8 @@ from retrieval.metrics import compute_map
 
 def loop_compute_map(ranks, gnd, kappas=(1, 5, 10)):
     """Per query: positions of positives and junk by ``np.isin``, positives shifted by the junk
-    before them, trapezoid AP, P@k; NaN for queries without positives (excluded from the means)."""
+    before them, trapezoid AP, P@k; NaN for queries without positives (excluded from the means,
+    which are summed in query order)."""
     nq = len(gnd)
     aps, prs = np.full(nq, np.nan), np.full((nq, len(kappas)), np.nan)
     for q in range(nq):
@@ -39,7 +40,10 @@ def loop_compute_map(ranks, gnd, kappas=(1, 5, 10)):
             kq = min(pos[-1] + 1, k)
             prs[q, c] = np.count_nonzero(pos + 1 <= kq) / kq
     valid = ~np.isnan(aps)
-    return float(aps[valid].mean()), aps, prs[valid].mean(0), prs
+    total, pr = 0.0, np.zeros(len(kappas))
+    for q in np.flatnonzero(valid):                       # summed in query order, as revisitop does
+        total, pr = total + aps[q], pr + prs[q]
+    return float(total / valid.sum()), aps, pr / valid.sum(), prs
 
 
 def make_case(n_db: int, nq: int, seed: int = 0):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import data_dir
-from .metrics import PROTOCOLS
+from .metrics import ALL_PROTOCOLS
 from .runs import list_ranks, load_ranks
 from .viz import RESULT_COLOURS, result_labels, short_names, thumbnail
 
@@ -60,10 +60,13 @@ def pick_methods(methods: list[str], a: str | None = None, b: str | None = None,
 class ResultBrowser:
     """The widget app; ``.widget`` is the root (shown by :func:`browse`). Controls: ``dataset``,
     ``protocol``, ``method_a``, ``method_b``, ``query`` (Dropdown labelled with both APs), ``k``
-    (IntSlider); ``lists`` holds the two rows of result tiles, ``detail`` the enlarged result."""
+    (IntSlider); ``lists`` holds the two rows of result tiles, ``detail`` the enlarged result.
+
+    ``protocol``: one the dataset's lists were scored under (E/M/H, or ``classic`` for the original
+    Oxford5k/Paris6k); None: ``medium`` where recorded, else the dataset's only protocol."""
 
     def __init__(self, run_dir: str | os.PathLike, dataset: str | None = None, method_a: str | None = None,
-                 method_b: str | None = None, protocol: str = "medium", k: int = 10, thumb: int = 128,
+                 method_b: str | None = None, protocol: str | None = None, k: int = 10, thumb: int = 128,
                  data_root: str | os.PathLike | None = None):
         import ipywidgets as w
 
@@ -72,15 +75,19 @@ class ResultBrowser:
         if not self.available:
             raise FileNotFoundError(f"{self.run_dir}/ranks: no ranked lists recorded (run 03_rerank, or "
                                     "retrieval.runs.record_ranks, into this run folder first)")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
+        if protocol is not None and protocol not in ALL_PROTOCOLS:
+            raise ValueError(f"protocol={protocol!r}: expected one of {ALL_PROTOCOLS}")
         dataset = dataset or next(iter(self.available))
         if dataset not in self.available:
             raise ValueError(f"dataset={dataset!r}: no ranked lists in {self.run_dir}; recorded: {sorted(self.available)}")
         self._datasets, self._runs = {}, {}
+        protocols = self.protocols(dataset)
+        if protocol is not None and protocol not in protocols:
+            raise ValueError(f"protocol={protocol!r}: the lists of {dataset!r} are scored under {protocols}")
         lay = w.Layout(width="auto")
         self.dataset = w.Dropdown(options=sorted(self.available), value=dataset, description="dataset", layout=lay)
-        self.protocol = w.Dropdown(options=list(PROTOCOLS), value=protocol, description="protocol", layout=lay)
+        self.protocol = w.Dropdown(options=list(protocols), value=protocol or self._default_protocol(protocols),
+                                   description="protocol", layout=lay)
         self.method_a = w.Dropdown(description="method A", layout=w.Layout(width="46%"))
         self.method_b = w.Dropdown(description="method B", layout=w.Layout(width="46%"))
         self.query = w.Dropdown(description="query", layout=w.Layout(width="60%"))
@@ -122,6 +129,14 @@ class ResultBrowser:
             self._runs[dataset, method] = load_ranks(self.run_dir, dataset, method)
         return self._runs[dataset, method]
 
+    def protocols(self, dataset: str) -> tuple[str, ...]:
+        """The protocols ``dataset``'s lists were scored under (E/M/H or ``classic``)."""
+        return tuple(self.run(dataset, self.available[dataset][0])["ap"])
+
+    @staticmethod
+    def _default_protocol(protocols) -> str:
+        return "medium" if "medium" in protocols else protocols[0]
+
     def _set_methods(self, a: str | None, b: str | None) -> None:
         ds = self.dataset.value
         methods = self.available[ds]
@@ -132,6 +147,12 @@ class ResultBrowser:
         self._hold = False
 
     def _on_dataset(self, _=None) -> None:
+        protocols = self.protocols(self.dataset.value)
+        if tuple(self.protocol.options) != protocols:  # e.g. roxford5k (E/M/H) -> oxford5k (classic)
+            keep = self.protocol.value if self.protocol.value in protocols else self._default_protocol(protocols)
+            self._hold = True
+            self.protocol.options, self.protocol.value = list(protocols), keep
+            self._hold = False
         self._set_methods(None, None)
         self._update_queries()
 

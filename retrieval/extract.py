@@ -1,5 +1,7 @@
-"""Descriptor extraction: resize (longer side = ``image_size``), query crop by ``bbx``, batched,
-single- or multi-scale, with progress bars; features of a whole dataset saved atomically and reused.
+"""Descriptor extraction: the reference preprocessing (:func:`retrieval.datasets.images.prepare_image`:
+query crop by ``bbx`` at its image's scale, PIL thumbnail to ``image_size``, never enlarged unless
+``upscale``), batched, single- or multi-scale, with progress bars; features of a whole dataset saved
+atomically and reused.
 """
 
 from __future__ import annotations
@@ -19,22 +21,31 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .datasets.images import crop_bbx, load_image, resize_longer
+from .datasets.images import prepare_image
 from .io import atomic_save_npy, atomic_write_json, load_features, save_features
 
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
+#: the preprocessing rule recorded in every feature file's parameters (caches of another rule are not reused)
+RESIZE_RULE = "thumbnail-lanczos, query crop at db scale"
+
+
+def preprocess_params(upscale: bool = False) -> dict:
+    """How images were prepared, as saved with their descriptors."""
+    return {"resize": RESIZE_RULE, "upscale": bool(upscale)}
 
 
 class ImageList(Dataset):
-    """Images as normalised tensors (3, h, w), longer side ``image_size``, optionally cropped."""
+    """Images as normalised tensors (3, h, w) prepared by :func:`~retrieval.datasets.images.prepare_image`
+    (longer side ``image_size`` unless smaller and not ``upscale``; query crops by ``bbxs`` at their
+    image's scale)."""
 
     def __init__(self, paths: Sequence, image_size: int, bbxs: Sequence | None = None,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), upscale: bool = False):
         if bbxs is not None and len(bbxs) != len(paths):
             raise ValueError(f"bbxs has {len(bbxs)} boxes for {len(paths)} images")
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        self.paths, self.bbxs, self.image_size = list(paths), bbxs, int(image_size)
+        self.paths, self.bbxs, self.image_size, self.upscale = list(paths), bbxs, int(image_size), bool(upscale)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
@@ -42,10 +53,8 @@ class ImageList(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_image(self.paths[i])
-        if self.bbxs is not None:
-            img = crop_bbx(img, self.bbxs[i], name=str(self.paths[i]))
-        img = resize_longer(img, self.image_size)
+        bbx = self.bbxs[i] if self.bbxs is not None else None
+        img = prepare_image(self.paths[i], self.image_size, bbx, self.upscale)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
         return (x - self.mean) / self.std
 
@@ -114,7 +123,7 @@ def _size_param(image_size: int | Sequence[int]) -> int | list[int]:
 def extract_vectors(model: torch.nn.Module, paths: Sequence, image_size: int | Sequence[int] = 1024,
                     bbxs: Sequence | None = None, scales: Sequence[float] = (1.0,),
                     batch_size: int = 16, device: str = "cpu", workers: int = 0,
-                    desc: str = "extract", progress: bool = True) -> np.ndarray:
+                    desc: str = "extract", progress: bool = True, upscale: bool = False) -> np.ndarray:
     """Descriptors (N, D) float32 of the images at ``paths`` (query crops when ``bbxs`` given).
 
     Images of equal size inside a batch are run together; others one group at a time.
@@ -122,9 +131,10 @@ def extract_vectors(model: torch.nn.Module, paths: Sequence, image_size: int | S
     ``image_size`` may be a list of sizes (multi-resolution): each image is then described at each
     size (with the multi-scale combination of ``scales`` at each), and the per-size descriptors
     are summed and L2-normalised. A single size (an int, or a list of one) is the plain case.
+    ``upscale``: enlarge images smaller than ``image_size`` (off in the reference pipeline).
     """
     common = dict(bbxs=bbxs, scales=scales, batch_size=batch_size, device=device, workers=workers,
-                  progress=progress)
+                  progress=progress, upscale=upscale)
     if _is_scalar(image_size):
         return _extract_one_size(model, paths, image_size, desc=desc, **common)
     sizes = image_sizes(image_size)
@@ -148,10 +158,10 @@ def combine_resolutions(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 def _extract_one_size(model: torch.nn.Module, paths: Sequence, image_size: int, bbxs: Sequence | None,
                       scales: Sequence[float], batch_size: int, device: str, workers: int, desc: str,
-                      progress: bool) -> np.ndarray:
+                      progress: bool, upscale: bool = False) -> np.ndarray:
     model = model.to(device).eval()
     mean, std = model.meta.get("mean", (0.485, 0.456, 0.406)), model.meta.get("std", (0.229, 0.224, 0.225))
-    loader = DataLoader(ImageList(paths, image_size, bbxs, mean, std), batch_size=batch_size,
+    loader = DataLoader(ImageList(paths, image_size, bbxs, mean, std, upscale), batch_size=batch_size,
                         num_workers=workers, collate_fn=_list_collate)
     out = []
     with tqdm(total=len(paths), desc=desc, disable=not progress, unit="img") as bar:
@@ -192,7 +202,8 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
                     image_size: int | Sequence[int] = 1024,
                     scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
                     workers: int = 0, overwrite: bool = False, progress: bool = True,
-                    shard_size: int = 2048, extra: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                    shard_size: int = 2048, extra: dict | None = None,
+                    upscale: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Query (cropped to ``bbx``) and db descriptors of a revisited-format ``dataset``.
 
     Saved atomically at ``path`` with the parameters that made them (incl. a fingerprint of the
@@ -201,14 +212,16 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
     saved atomically under ``<path>.partial/``, so an interrupted extraction resumes at the first
     missing shard (a shard that does not load or has the wrong shape is extracted again).
     ``image_size``: an int, or a list of sizes for multi-resolution (see :func:`extract_vectors`);
-    recorded in the parameters as an int for one size, else as the list.
+    recorded in the parameters as an int for one size, else as the list, beside the preprocessing
+    rule (:func:`preprocess_params`; ``upscale`` as in :func:`extract_vectors`).
     Returns ``(query (n_q, D), db (n_db, D), params)``.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     params = dict(dataset=dataset.name, model=dict(model.meta), weights_sha1=model_fingerprint(model),
                   image_size=_size_param(image_size), scales=[float(s) for s in scales],
-                  n_query=dataset.n_query, n_db=dataset.n_db, **(extra or {}))
+                  preprocess=preprocess_params(upscale), n_query=dataset.n_query, n_db=dataset.n_db,
+                  **(extra or {}))
     params = _jsonable(params)
     path = Path(path)
     if path.exists() and not overwrite:
@@ -220,7 +233,7 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
         shutil.rmtree(partial, ignore_errors=True)
         atomic_write_json(partial / "params.json", params)
     common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device,
-                  workers=workers, progress=progress)
+                  workers=workers, progress=progress, upscale=upscale)
     query = _load_shard(partial / "query.npy", dataset.n_query)
     if query is None:
         query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
@@ -244,11 +257,11 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
 def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathLike,
                    image_size: int | Sequence[int] = 1024, scales: Sequence[float] = (1.0,),
                    batch_size: int = 16, device: str = "cpu", workers: int = 0, overwrite: bool = False,
-                   progress: bool = True, desc: str = "extract") -> np.ndarray:
+                   progress: bool = True, desc: str = "extract", upscale: bool = False) -> np.ndarray:
     """Descriptors (N, D) of a plain image list (e.g. a training split), cached at ``path`` (.npz).
 
     The file holds ``vecs`` and the parameters that made them (weights fingerprint, sizes, scales,
-    a hash of the paths); it is reused only when all of them match, so descriptors of other
+    the preprocessing rule, a hash of the paths); it is reused only when all of them match, so descriptors of other
     weights or images are never picked up. Written atomically.
     """
     from .io import atomic_save_npz
@@ -256,7 +269,7 @@ def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathL
     names = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
     params = _jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
                             image_size=_size_param(image_size), scales=[float(s) for s in scales],
-                            n=len(paths), paths_sha1=names))
+                            preprocess=preprocess_params(upscale), n=len(paths), paths_sha1=names))
     path = Path(path)
     if path.exists() and not overwrite:
         try:
@@ -268,19 +281,20 @@ def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathL
         if old == params:
             return vecs
     vecs = extract_vectors(model, paths, image_size=image_size, scales=scales, batch_size=batch_size,
-                           device=device, workers=workers, desc=desc, progress=progress)
+                           device=device, workers=workers, desc=desc, progress=progress, upscale=upscale)
     atomic_save_npz(path, vecs=vecs, params=np.array(json.dumps(params, sort_keys=True)))
     return vecs
 
 
 def extract_test(model: torch.nn.Module, dataset, image_size: int | Sequence[int] = 1024,
                  scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+                 progress: bool = True, upscale: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Query (cropped to ``bbx``) and db descriptors of a revisited-format ``dataset``, not cached,
     and the wall-clock extraction cost in ms per image. Returns ``(query, db, ms_per_image)``."""
     import time
 
-    common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device, progress=progress)
+    common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device, progress=progress,
+                  upscale=upscale)
     t0 = time.perf_counter()
     query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
     db = extract_vectors(model, dataset.db_paths(), desc="db", **common)

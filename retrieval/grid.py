@@ -38,8 +38,11 @@ from pathlib import Path
 
 from .config import PROFILE_ENV, check_parameters, resolve
 from .io import atomic_write_bytes, atomic_write_json
+from .metrics import PROTOCOL_LABELS
 
-PROTOCOL_SHORT = {"easy": "E", "medium": "M", "hard": "H"}
+#: summary columns of each protocol's mAP (E/M/H; ``classic`` for the original Oxford5k/Paris6k)
+PROTOCOL_SHORT = dict(PROTOCOL_LABELS)
+_MAP_COLUMNS = tuple(PROTOCOL_SHORT.values())
 
 
 def parse_value(text: str):
@@ -208,7 +211,7 @@ def run_grid(notebook: str | os.PathLike, grid: dict | list[dict], out: str | os
 def collect(out: Path, names: list[str], combos: list[dict]) -> list[dict]:
     """One row per (combination, dataset, method) of the combinations' ``metrics.json`` (one row
     with empty metrics for a combination without any): its parameters, status, seconds and the
-    E/M/H mAP and mP@k, ×100."""
+    mAP and mP@k of each protocol recorded (E/M/H, or ``classic``), ×100."""
     rows = []
     for name, combo in zip(names, combos):
         folder = out / name
@@ -234,13 +237,14 @@ def _columns(rows: list[dict]) -> list[str]:
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
-    first = [c for c in cols if c not in ("E", "M", "H") and not re.match(r"mp@", c)]
-    return first + [c for c in ("E", "M", "H") if c in cols] + sorted(c for c in cols if c.startswith("mp@"))
+    first = [c for c in cols if c not in _MAP_COLUMNS and not re.match(r"mp@", c)]
+    return first + [c for c in _MAP_COLUMNS if c in cols] + sorted(c for c in cols if c.startswith("mp@"))
 
 
 def write_summary(out: Path, rows: list[dict], notebook: Path, profile: str, failed: dict) -> dict[str, Path]:
     """``summary.csv`` (every column), ``summary.md`` and ``summary.html`` (parameters, status and
-    E/M/H mAP ×100; failures with their errors) and ``summary.png`` (M mAP per row), atomically."""
+    mAP ×100 per protocol; failures with their errors) and ``summary.png`` (mAP bars per row),
+    atomically."""
     cols = _columns(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols)
@@ -251,7 +255,7 @@ def write_summary(out: Path, rows: list[dict], notebook: Path, profile: str, fai
     n_comb = len({r["combination"] for r in rows})
     n_ok = len({r["combination"] for r in rows if r["status"] == "done"})
     head = f"{notebook.name} over {n_comb} combinations ({profile} profile): {n_ok} done, {len(failed)} failed"
-    md = [f"# Grid: {head}", "", "mAP ×100 (E / M / H); mP@k in summary.csv.", "",
+    md = [f"# Grid: {head}", "", "mAP ×100 (E / M / H, or classic for Oxford5k/Paris6k); mP@k in summary.csv.", "",
           "| " + " | ".join(short) + " |", "|" + "|".join(" --- " for _ in short) + "|"]
     md += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in short) + " |" for r in rows]
     if failed:
@@ -281,12 +285,16 @@ def _plot(path: Path, rows: list[dict], title: str) -> Path:
 
     from .viz import save_figure
 
-    scored = [r for r in rows if r.get("M") is not None]
+    colours = {"E": "#8fbc8f", "M": "#4682b4", "H": "#b22222", "classic": "#9467bd"}
+    scored = [r for r in rows if any(r.get(c) is not None for c in colours)]
+    present = [c for c in colours if any(r.get(c) is not None for r in scored)]
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.35 * max(1, len(scored))))
     if scored:
         y = np.arange(len(scored))
-        for j, (p, color) in enumerate((("E", "#8fbc8f"), ("M", "#4682b4"), ("H", "#b22222"))):
-            ax.barh(y + (j - 1) * 0.27, [r.get(p) or 0 for r in scored], height=0.27, color=color, label=p)
+        h = 0.8 / len(present)
+        for j, c in enumerate(present):
+            ax.barh(y + (j - (len(present) - 1) / 2) * h, [r.get(c) or 0 for r in scored], height=h,
+                    color=colours[c], label=c)
         ax.set_yticks(y, [f"{r['combination']} · {r['method']}" for r in scored], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("mAP ×100")

@@ -3,8 +3,9 @@
 Implements the evaluation of Radenovic et al., "Revisiting Oxford and Paris:
 Large-Scale Image Retrieval Benchmarking" (CVPR 2018): trapezoid-rule AP with
 junk images removed from the ranking, mP@k, and the Easy/Medium/Hard
-protocols; plus the original Oxford5k/Paris6k AP (Philbin et al., 2007).
-Everything is vectorised over ranked positions and queries.
+protocols; plus the original Oxford5k/Paris6k protocol (Philbin et al., 2007), ``classic``.
+Per-query values are vectorised over ranked positions and queries; the means over queries are
+summed in query order, as revisitop's loop does, so they equal it bit for bit.
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 PROTOCOLS = ("easy", "medium", "hard")
+#: the original Oxford5k / Paris6k protocol: one ``ok`` (good + ok) and one ``junk`` list per query
+CLASSIC = "classic"
+ALL_PROTOCOLS = PROTOCOLS + (CLASSIC,)
+#: column titles of the tables
+PROTOCOL_LABELS = {"easy": "E", "medium": "M", "hard": "H", CLASSIC: "classic"}
 _GND_KEYS = ("ok", "junk", "bbx", "easy", "hard", "good")  # keys of any gnd format
 
 
@@ -117,6 +123,16 @@ def _core(ranks, oks, junks, nres, kappas):
     return aps, prs
 
 
+def _sequential_mean(values: np.ndarray) -> float | np.ndarray:
+    """Mean over axis 0 summed left to right in float64, then one division: revisitop's
+    ``map = map + ap`` / ``pr = pr + prs[i, :]`` loop, bit for bit (``np.mean`` sums pairwise,
+    1-3 ulp away). values: (n,) or (n, k); n is small (the queries)."""
+    total = np.zeros(values.shape[1:], dtype=np.float64)
+    for v in values.astype(np.float64, copy=False):
+        total = total + v
+    return total / values.shape[0]
+
+
 def _check_kappas(kappas):
     kappas = tuple(int(k) for k in kappas)
     if any(k < 1 for k in kappas):
@@ -125,7 +141,8 @@ def _check_kappas(kappas):
 
 
 def compute_map(ranks, gnd, kappas=(1, 5, 10)):
-    """mAP and mP@k exactly as the revisitop reference ``compute_map``.
+    """mAP and mP@k as the revisitop reference ``compute_map``, bit for bit (per-query values and
+    the query-order means).
 
     ranks: (n_ranked, n_queries) int db indices, column q ranks query q (may be top-k).
     gnd: list of n_queries dicts with ``ok`` and optional ``junk`` id lists.
@@ -151,13 +168,55 @@ def compute_map(ranks, gnd, kappas=(1, 5, 10)):
     valid = ~np.isnan(aps)
     if not valid.any():
         return float("nan"), aps, np.full(len(kappas), np.nan), prs
-    return float(aps[valid].mean()), aps, prs[valid].mean(axis=0), prs
+    return float(_sequential_mean(aps[valid])), aps, _sequential_mean(prs[valid]), prs
+
+
+def gnd_protocols(gnd) -> tuple[str, ...]:
+    """The protocols a ground truth is evaluated under: :data:`PROTOCOLS` for the revisited format
+    (``easy``/``hard``/``junk``), ``(CLASSIC,)`` for the original Oxford5k/Paris6k one (``ok`` or
+    ``good``, ``junk``; no ``easy``/``hard``), as cirtorch's ``compute_map_and_print`` chooses."""
+    if not isinstance(gnd, Sequence) or not all(isinstance(e, Mapping) for e in gnd):
+        raise ValueError("gnd must be a list of dicts")
+    revisited = [("easy" in e or "hard" in e) for e in gnd]
+    if all(revisited):
+        return PROTOCOLS
+    if not any(revisited) and all(("ok" in e or "good" in e) for e in gnd):
+        return (CLASSIC,)
+    raise ValueError("gnd mixes formats: every entry needs 'easy'/'hard' (revisited) or every entry "
+                     "'ok' (original Oxford5k/Paris6k), not some of each")
+
+
+def result_protocols(result: Mapping) -> tuple[str, ...]:
+    """The protocol keys of one :func:`evaluate` result, in :data:`ALL_PROTOCOLS` order."""
+    found = tuple(p for p in ALL_PROTOCOLS if p in result)
+    if not found:
+        raise ValueError(f"not an evaluate() result: keys {sorted(map(str, result))}, expected some of "
+                         f"{ALL_PROTOCOLS}")
+    return found
 
 
 def protocol_gnd(gnd, protocol: str):
-    """Revisited gnd (``easy``/``hard``/``junk``) -> list of ``{ok, junk}`` for one protocol."""
+    """gnd -> list of ``{ok, junk}`` (int64 arrays) for one protocol.
+
+    ``easy``/``medium``/``hard``: revisited gnd (``easy``/``hard``/``junk``), Radenović et al. 2018.
+    ``classic``: original gnd, ``ok`` = ``good`` + ``ok`` in order, duplicates dropped (cirtorch's
+    files have ``ok`` only, good and ok merged), ``junk`` as is.
+    """
+    if protocol == CLASSIC:
+        out = []
+        for i, e in enumerate(gnd):
+            if "easy" in e or "hard" in e or not ("ok" in e or "good" in e):
+                raise ValueError(f"gnd[{i}] is not in the original Oxford5k/Paris6k format ('ok'/'junk'; "
+                                 f"keys {sorted(e)}): use protocols {PROTOCOLS}")
+            ok = np.concatenate([np.asarray(e.get(k) if e.get(k) is not None else [], dtype=np.int64).ravel()
+                                 for k in ("good", "ok")])
+            ok = ok[np.sort(np.unique(ok, return_index=True)[1])]     # an id in both counts once
+            out.append({"ok": ok,
+                        "junk": np.asarray(e.get("junk") if e.get("junk") is not None else [],
+                                           dtype=np.int64).ravel()})
+        return out
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ValueError(f"protocol must be one of {ALL_PROTOCOLS}, got {protocol!r}")
     ok_keys, junk_keys = {"easy": (("easy",), ("junk", "hard")),
                           "medium": (("easy", "hard"), ("junk",)),
                           "hard": (("hard",), ("junk", "easy"))}[protocol]
@@ -165,7 +224,9 @@ def protocol_gnd(gnd, protocol: str):
     for i, e in enumerate(gnd):
         for key in ("easy", "hard"):
             if key not in e:
-                raise ValueError(f"gnd[{i}] lacks key {key!r}")
+                hint = (f"; it is in the original Oxford5k/Paris6k format: use protocol {CLASSIC!r}"
+                        if "ok" in e or "good" in e else "")
+                raise ValueError(f"gnd[{i}] lacks key {key!r}{hint}")
         cat = lambda keys: np.concatenate(  # noqa: E731
             [np.asarray(e.get(k, []), dtype=np.int64).ravel() for k in keys])
         out.append({"ok": cat(ok_keys), "junk": cat(junk_keys)})
@@ -173,43 +234,61 @@ def protocol_gnd(gnd, protocol: str):
 
 
 def evaluate(ranks, gnd, kappas=(1, 5, 10)):
-    """Easy/Medium/Hard mAP and mP@k; gnd in revisited format, ranks (n_ranked, nq).
+    """mAP and mP@k of every protocol of ``gnd`` (:func:`gnd_protocols`); ranks (n_ranked, nq).
 
-    Returns {"easy"|"medium"|"hard": {"map": float, "mp@k": float, ...}} (fractions).
+    Revisited gnd → {"easy"|"medium"|"hard": {"map": float, "mp@k": float, ...}}; original
+    Oxford5k/Paris6k gnd → {"classic": {...}}, the ``compute_map(ranks, gnd)`` cirtorch runs on
+    its ``ok``/``junk`` lists (= :func:`classic_ap`; the query image is in the db and in ``ok``,
+    as in those files). Fractions.
     """
     res = {}
-    for p in PROTOCOLS:
+    for p in gnd_protocols(gnd):
         m, _, pr, _ = compute_map(ranks, protocol_gnd(gnd, p), kappas)
         res[p] = {"map": float(m), **{f"mp@{k}": float(v) for k, v in zip(kappas, pr)}}
     return res
 
 
+def _columns(results: Mapping) -> list[str]:
+    """Protocols present in any of ``results`` (method → evaluate() result), in table order."""
+    found = {p for res in results.values() for p in result_protocols(res)}
+    return [p for p in ALL_PROTOCOLS if p in found]
+
+
+def _cell(res: Mapping, protocol: str, key: str, width: int = 8) -> str:
+    v = res.get(protocol, {}).get(key)
+    return f"{'-':>{width}}" if v is None else f"{100 * v:{width}.2f}"
+
+
 def format_table(results) -> str:
-    """Fixed-width table (x100, 2 decimals, columns E/M/H) of one evaluate() result
-    or of a dict name -> evaluate() result."""
-    single = set(results) <= set(PROTOCOLS)
+    """Fixed-width table (x100, 2 decimals) of one evaluate() result or of a dict name ->
+    evaluate() result; columns E/M/H, ``classic``, or both (``-`` where a result lacks one)."""
+    single = isinstance(results, Mapping) and bool(set(results)) and set(results) <= set(ALL_PROTOCOLS)
     named = {"": results} if single else dict(results)
+    cols = _columns(named)
     w = max([len(str(n)) for n in named] + [6])
     lines = [("" if single else f"{'name':<{w}} ") + f"{'metric':<7}" +
-             "".join(f"{c:>8}" for c in "EMH")]
+             "".join(f"{PROTOCOL_LABELS[p]:>8}" for p in cols)]
     for name, res in named.items():
-        for key in res[PROTOCOLS[0]]:
+        keys = list(dict.fromkeys(k for p in result_protocols(res) for k in res[p]))
+        for key in keys:
             label = "mAP" if key == "map" else key.replace("mp", "mP")
-            vals = "".join(f"{100 * res[p][key]:8.2f}" for p in PROTOCOLS)
+            vals = "".join(_cell(res, p, key) for p in cols)
             lines.append(("" if single else f"{str(name):<{w}} ") + f"{label:<7}" + vals)
     return "\n".join(lines)
 
 
 def format_map_table(results: dict, extra: dict | None = None) -> str:
-    """One row per method: mAP ×100 for E/M/H, then one column per ``extra`` entry
-    (column title → {method: value}; missing values print as ``-``). ``results``: method →
-    evaluate() result."""
+    """One row per method: mAP ×100 per protocol (E/M/H and/or ``classic``; ``-`` where a result
+    lacks one), then one column per ``extra`` entry (column title → {method: value}; missing
+    values print as ``-``). ``results``: method → evaluate() result."""
     extra = dict(extra or {})
+    cols = _columns(results) if results else list(PROTOCOLS)
     w = max([len(str(n)) for n in results] + [6])
     widths = {c: max(8, len(c) + 2) for c in extra}
-    lines = [f"{'method':<{w}}" + "".join(f"{c:>8}" for c in "EMH") + "".join(f"{c:>{widths[c]}}" for c in extra)]
+    lines = [f"{'method':<{w}}" + "".join(f"{PROTOCOL_LABELS[p]:>8}" for p in cols)
+             + "".join(f"{c:>{widths[c]}}" for c in extra)]
     for name, res in results.items():
-        row = f"{str(name):<{w}}" + "".join(f"{100 * res[p]['map']:8.2f}" for p in PROTOCOLS)
+        row = f"{str(name):<{w}}" + "".join(_cell(res, p, "map") for p in cols)
         for col, vals in extra.items():
             v = vals.get(name)
             row += f"{'-':>{widths[col]}}" if v is None else (
@@ -223,7 +302,8 @@ def classic_ap(ranks, gnd):
 
     ranks: (n_ranked, nq) int; gnd: dicts with ``good``, ``ok``, ``junk``.
     Positives = good | ok, junk skipped. Returns (map, aps (nq,)); queries without
-    positives are NaN and excluded (the C++ program would divide by zero).
+    positives are NaN and excluded (the C++ program would divide by zero); the mean is summed in
+    query order as cirtorch's ``compute_map`` does.
     """
     if not isinstance(gnd, Sequence):
         raise ValueError("gnd must be a list of dicts")
@@ -239,4 +319,4 @@ def classic_ap(ranks, gnd):
         nres.append(pos.size)
     aps, _ = _core(ranks, oks, junks, nres, ())
     valid = ~np.isnan(aps)
-    return (float(aps[valid].mean()) if valid.any() else float("nan")), aps
+    return (float(_sequential_mean(aps[valid])) if valid.any() else float("nan")), aps

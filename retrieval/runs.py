@@ -4,6 +4,9 @@
 
     {"<dataset>": {"<method>": {"easy": {"map": ..., "mp@1": ...}, "medium": {...}, "hard": {...}}}}
 
+(``{"classic": {...}}`` instead of E/M/H for the original Oxford5k / Paris6k, see
+:func:`retrieval.metrics.evaluate`.)
+
 Command line: ``python -m retrieval.runs demo`` runs every ``notebooks/NN_*.ipynb`` into
 ``runs/demo`` and prints the summary table; ``python -m retrieval.runs grid NOTEBOOK -p name v1 v2``
 runs one notebook over a parameter grid (:mod:`retrieval.grid`).
@@ -22,8 +25,7 @@ import numpy as np
 
 from .config import PROFILE_ENV, ROOT, resolve
 from .io import atomic_write_json
-
-PROTOCOLS = ("easy", "medium", "hard")
+from .metrics import ALL_PROTOCOLS, CLASSIC, PROTOCOL_LABELS, PROTOCOLS, gnd_protocols
 
 
 def load_metrics(run_dir: str | os.PathLike) -> dict:
@@ -38,12 +40,15 @@ def load_metrics(run_dir: str | os.PathLike) -> dict:
 
 
 def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, results: dict) -> Path:
-    """Add (or replace) ``results[dataset][method]`` in ``<run_dir>/metrics.json``, atomically."""
-    missing = [p for p in PROTOCOLS if p not in results]
+    """Add (or replace) ``results[dataset][method]`` in ``<run_dir>/metrics.json``, atomically.
+    ``results``: an evaluate() output, E/M/H (revisited sets) or ``classic`` (Oxford5k/Paris6k)."""
+    protocols = (CLASSIC,) if CLASSIC in results and not set(PROTOCOLS) & set(results) else PROTOCOLS
+    missing = [p for p in protocols if p not in results]
     if missing:
-        raise ValueError(f"results for {dataset}/{method} lack protocols {missing} (expected evaluate() output)")
+        raise ValueError(f"results for {dataset}/{method} lack protocols {missing} (expected evaluate() output: "
+                         f"{'/'.join(PROTOCOLS)} or {CLASSIC!r})")
     metrics = load_metrics(run_dir)
-    metrics.setdefault(dataset, {})[method] = {p: {k: float(v) for k, v in results[p].items()} for p in PROTOCOLS}
+    metrics.setdefault(dataset, {})[method] = {p: {k: float(v) for k, v in results[p].items()} for p in protocols}
     return atomic_write_json(resolve(run_dir) / "metrics.json", metrics)
 
 
@@ -62,7 +67,8 @@ def record_ranks(run_dir: str | os.PathLike, dataset: str, method: str, ranks, g
     similarities in the same order (optional; re-rankers such as CSA score only their top K, the
     rows beyond are stored as NaN). The per-query AP of each protocol is computed here on the
     lists as given, so the browser shows the true AP even though only the top ``keep`` rows are
-    stored. ``data_root``: where ``test/<dataset>`` lives (default the data folder at load time).
+    stored (E/M/H, or ``classic`` for the original Oxford5k/Paris6k gnd). ``data_root``: where
+    ``test/<dataset>`` lives (default the data folder at load time).
     """
     from .metrics import compute_map, protocol_gnd
     from .io import atomic_save_npz
@@ -80,7 +86,7 @@ def record_ranks(run_dir: str | os.PathLike, dataset: str, method: str, ranks, g
             raise ValueError(f"scores for {dataset}/{method}: expected (n, n_q={ranks.shape[1]}), got {scores.shape}")
         n = min(keep, scores.shape[0])
         top[:n] = scores[:n]
-    aps = {f"ap_{p}": compute_map(ranks, protocol_gnd(gnd, p))[1].astype(np.float32) for p in PROTOCOLS}
+    aps = {f"ap_{p}": compute_map(ranks, protocol_gnd(gnd, p))[1].astype(np.float32) for p in gnd_protocols(gnd)}
     return atomic_save_npz(ranks_path(run_dir, dataset, method), ranks=ranks[:keep].astype(np.int64),
                            scores=top, n_ranked=np.array(ranks.shape[0]), dataset=np.array(dataset),
                            method=np.array(method), data_root=np.array(str(data_root or "")), **aps)
@@ -88,7 +94,8 @@ def record_ranks(run_dir: str | os.PathLike, dataset: str, method: str, ranks, g
 
 def load_ranks(run_dir: str | os.PathLike, dataset: str, method: str) -> dict:
     """What :func:`record_ranks` saved: ``ranks`` (k, n_q) int64, ``scores`` (k, n_q) float32
-    (NaN where not scored), ``ap`` {protocol: (n_q,) float32, NaN for queries without positives},
+    (NaN where not scored), ``ap`` {protocol: (n_q,) float32, NaN for queries without positives;
+    E/M/H or ``classic``},
     ``dataset``, ``method``, ``n_ranked`` and ``data_root`` (None when not recorded)."""
     path = ranks_path(run_dir, dataset, method)
     if not path.is_file():
@@ -100,7 +107,9 @@ def load_ranks(run_dir: str | os.PathLike, dataset: str, method: str) -> dict:
             out = {"ranks": z["ranks"], "scores": z["scores"], "dataset": str(z["dataset"]),
                    "method": str(z["method"]), "n_ranked": int(z["n_ranked"]),
                    "data_root": str(z["data_root"]) or None,
-                   "ap": {p: z[f"ap_{p}"] for p in PROTOCOLS}}
+                   "ap": {p: z[f"ap_{p}"] for p in ALL_PROTOCOLS if f"ap_{p}" in z.files}}
+        if not out["ap"]:
+            raise KeyError("no ap_<protocol> arrays")
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"{path}: not a ranks file written by record_ranks ({e})") from e
     return out
@@ -124,11 +133,16 @@ def list_ranks(run_dir: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def summary_table(metrics: dict) -> str:
-    """One line per (dataset, method): mAP ×100 for E/M/H."""
-    lines = [f"{'dataset':<18} {'method':<34} {'E':>6} {'M':>6} {'H':>6}"]
+    """One line per (dataset, method): mAP ×100 per protocol recorded, E/M/H and/or ``classic``
+    (``-`` where a row lacks one)."""
+    found = {p for methods in metrics.values() for res in methods.values() for p in res}
+    cols = [p for p in ALL_PROTOCOLS if p in found] or list(PROTOCOLS)
+    width = {p: max(6, len(PROTOCOL_LABELS[p])) for p in cols}
+    lines = [f"{'dataset':<18} {'method':<34} " + " ".join(f"{PROTOCOL_LABELS[p]:>{width[p]}}" for p in cols)]
     for dataset, methods in metrics.items():
         for method, res in methods.items():
-            vals = " ".join(f"{100 * res[p]['map']:6.2f}" for p in PROTOCOLS)
+            vals = " ".join(f"{100 * res[p]['map']:{width[p]}.2f}" if p in res else f"{'-':>{width[p]}}"
+                            for p in cols)
             lines.append(f"{dataset:<18} {method:<34} {vals}")
     return "\n".join(lines)
 

@@ -111,7 +111,9 @@ CSA_DEFAULTS = dict(
     train_features=None,        # (N, D) descriptors of the training split (.npy, or .npz from extract_cached); a list: augmented
     whitening=None,             # a saved Whitening (.npz) applied to them first (or a list, one per train_features)
     train_set="synth", preset="default", root=None,
-    K=512, L=512, dim=768, depth=2, heads=12, mlp_ratio=4.0, drop=0.1, attn_drop=0.1, drop_path=0.1,
+    # K: candidates per list. The authors' --topk 512 counts the query itself (query + 511 candidates),
+    # so K = 511 matches it; L = 512 anchors counts the query in both.
+    K=511, L=512, dim=768, depth=2, heads=12, mlp_ratio=4.0, drop=0.1, attn_drop=0.1, drop_path=0.1,
     temperature=2.0, alpha=0.2,
     # recipe of Ouyang et al. (NeurIPS 2021): SGD, lr 0.1, warm-up + cosine, wd 1e-6, clipping 1.0
     optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-6, grad_clip=1.0, warmup_epochs=1.0,
@@ -216,7 +218,7 @@ def train_csa(config: dict):
 
 import numpy as np  # noqa: E402  (imports of the asymmetric section)
 
-from .datasets.images import load_image, resize_longer  # noqa: E402
+from .datasets.images import load_image, resize_longer, thumbnail_size  # noqa: E402
 from .datasets.tuples import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 ASYM_METHODS = ("ssp", "regression", "hvs", "lce", "aml")
@@ -279,7 +281,8 @@ class ImageGroups(torch.utils.data.Dataset):
     indices (T,) int64)``; T = 1 for the distillation methods (an image and, through its index,
     its gallery descriptor), 2 + nnum for AML tuples.
 
-    Images are resized so that their longer side is ``image_size`` (as at test time), normalised by
+    Images are resized as at test time (:func:`~retrieval.datasets.images.resize_longer`: longer side
+    ``image_size``, smaller images kept), normalised by
     ``mean``/``std`` and zero-padded at the bottom / right to the largest resized size in the split
     (``canvas`` (H, W); S × S when orientations mix, no padding when all images share one shape),
     so that batches stack. The resized images are kept in memory (uint8) after their first load:
@@ -308,9 +311,8 @@ class ImageGroups(torch.utils.data.Dataset):
         sizes = set()
         for i in np.unique(groups):
             with Image.open(self.paths[i]) as im:  # header only
-                w, h = im.size
-            s = self.image_size / max(w, h)
-            sizes.add((max(1, round(h * s)), max(1, round(w * s))))
+                w, h = thumbnail_size(*im.size, self.image_size)
+            sizes.add((h, w))
         self.canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
         self._cache: dict | None = cache if isinstance(cache, dict) else {} if cache else None
 

@@ -80,19 +80,23 @@ def show_examples(dataset, query: int = 0, per_label: int = 3, seed: int = 0):
     return fig
 
 
+_PROTOCOL_COLOURS = {"easy": "#2ca02c", "medium": "#ff7f0e", "hard": "#d62728", "classic": "#9467bd"}
+
+
 def plot_per_query_ap(aps: dict, title: str = ""):
-    """Per-query AP (×100) for each protocol, queries sorted by Medium AP. ``aps``: protocol →
-    (n_q,) array (NaN for queries without positives)."""
+    """Per-query AP (×100) for each protocol, queries sorted by Medium AP (or by the first protocol
+    given, e.g. ``classic``). ``aps``: protocol → (n_q,) array (NaN for queries without positives)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 2.8))
-    order = np.argsort(-np.nan_to_num(aps.get("medium", next(iter(aps.values()))), nan=-1))
-    for name, colour in (("easy", "#2ca02c"), ("medium", "#ff7f0e"), ("hard", "#d62728")):
+    key = "medium" if "medium" in aps else next(iter(aps))
+    order = np.argsort(-np.nan_to_num(aps[key], nan=-1))
+    for name, colour in _PROTOCOL_COLOURS.items():
         if name in aps:
             v = np.asarray(aps[name])[order] * 100
             ax.plot(np.arange(len(v)), v, "o", ms=3, color=colour,
                     label=f"{name} (mAP {np.nanmean(v):.1f})")
-    ax.set_xlabel("query (sorted by Medium AP)")
+    ax.set_xlabel(f"query (sorted by {key} AP)")
     ax.set_ylabel("AP ×100")
     ax.set_ylim(-2, 102)
     ax.set_title(title, fontsize=9)
@@ -102,15 +106,18 @@ def plot_per_query_ap(aps: dict, title: str = ""):
 
 
 def plot_map_bars(results: dict, title: str = ""):
-    """Grouped bars of mAP ×100 per method for E/M/H. ``results``: method → evaluate() dict."""
+    """Grouped bars of mAP ×100 per method, one bar per protocol present (E/M/H, or classic on
+    Oxford5k/Paris6k). ``results``: method → evaluate() dict."""
     import matplotlib.pyplot as plt
 
     names = list(results)
     x = np.arange(len(names))
+    present = [p for p in _PROTOCOL_COLOURS if any(p in results[n] for n in names)]
+    width = min(0.27, 0.8 / max(1, len(present)))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 3.2))
-    for i, (p, colour) in enumerate((("easy", "#2ca02c"), ("medium", "#ff7f0e"), ("hard", "#d62728"))):
-        vals = [100 * results[n][p]["map"] for n in names]
-        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, color=colour, label=p)
+    for i, p in enumerate(present):
+        vals = [100 * results[n][p]["map"] if p in results[n] else np.nan for n in names]
+        bars = ax.bar(x + (i - (len(present) - 1) / 2) * width, vals, width, color=_PROTOCOL_COLOURS[p], label=p)
         ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
     ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("mAP ×100")

@@ -296,3 +296,93 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch):
     fresh.load_state_dict(got)
     for k, v in sd.items():
         torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- caffe ImageNet features
+def cirtorch_features(arch: str, seed: int) -> torch.nn.Sequential:
+    """cirtorch's init_network: ``features`` = the torchvision net's children up to the global pool
+    (ResNet) or its ``features`` without the last max-pool (VGG), as an nn.Sequential."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net_in = getattr(torchvision.models, arch)()
+    layers = list(net_in.features.children())[:-1] if arch.startswith("vgg") else list(net_in.children())[:-2]
+    feats = torch.nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        for m in feats.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return feats
+
+
+def test_caffe_features_table():
+    base = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
+    assert {b: e.url for b, e in C.CAFFE_FEATURES.items()} == {
+        "vgg16": base + "imagenet-caffe-vgg16-features-d369c8e.pth",
+        "resnet50": base + "imagenet-caffe-resnet50-features-ac468af.pth",
+        "resnet101": base + "imagenet-caffe-resnet101-features-10a101d.pth",
+        "resnet152": base + "imagenet-caffe-resnet152-features-1011020.pth"}
+    assert all(e.url.endswith(f"-{e.sha256_prefix}.pth") for e in C.CAFFE_FEATURES.values())
+
+
+def test_load_caffe_features_round_trip_with_hash_check(data_root, monkeypatch):
+    src = cirtorch_features("resnet50", seed=3)
+    sd = {k: v.clone() for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}  # old file
+    assert {"0.weight", "1.running_var", "4.0.conv1.weight", "4.0.downsample.0.weight", "7.2.bn3.bias"} <= set(sd)
+    net = build_global_net("resnet50", "gem", weights=None).eval()
+    default = C.caffe_features_path("resnet50")
+    assert default == data_root / "networks" / "imagenet" / "imagenet-caffe-resnet50-features-ac468af.pth"
+    with pytest.raises(FileNotFoundError, match=re.escape(C.CAFFE_FEATURES["resnet50"].url)):
+        C.load_caffe_features(net)
+    blob = data_root / "elsewhere" / "r50.pth"
+    blob.parent.mkdir(parents=True)
+    torch.save(sd, blob)
+    with pytest.raises(ValueError, match="sha256 mismatch.*ac468af"):   # not the published file
+        C.load_caffe_features(net, blob)
+
+    prefix = sha(blob)[:7]
+    url = f"{C._CAFFE}/imagenet-caffe-resnet50-features-{prefix}.pth"
+    monkeypatch.setitem(C.CAFFE_FEATURES, "resnet50", C.CaffeFeatures(url, prefix))
+    dest = C.caffe_features_path("resnet50")
+    dest.parent.mkdir(parents=True)
+    blob.rename(dest)
+    assert C.load_caffe_features(net) is net                              # default path, verified
+    for k, v in src.state_dict().items():
+        want = torch.zeros((), dtype=torch.long) if k.endswith("num_batches_tracked") else v
+        torch.testing.assert_close(net.features.state_dict()[k], want, rtol=0, atol=0)
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(net.features(x), src(x), rtol=0, atol=0)
+    assert net.meta["weights"] == f"imagenet-caffe-resnet50-features-{prefix}" and net.meta["trained"] is True
+
+
+def test_load_caffe_features_strict_keys(tmp_path):
+    import torchvision
+
+    net = build_global_net("resnet18", "gem", weights=None).eval()
+    before = {k: v.clone() for k, v in net.features.state_dict().items()}
+    good = cirtorch_features("resnet18", seed=5).state_dict()
+    path = tmp_path / "r18.pth"
+
+    def load(sd):
+        torch.save(sd, path)
+        return C.load_caffe_features(net, path, verify=False)
+
+    with pytest.raises(ValueError, match=r"r18.pth: .*features of a resnet18.*missing \d+ \(e.g. 0.weight.*"
+                                         r"unexpected \d+ \(e.g. bn1"):
+        load(torchvision.models.resnet18().state_dict())                  # torchvision names, not features.<i>
+    with pytest.raises(ValueError, match=r"unexpected 1 \(e.g. 8.weight\)"):
+        load({**good, "8.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"wrong shape 1 \(e.g. 0.weight: checkpoint \(3,\)"):
+        load({**good, "0.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"missing 1 \(e.g. 7.1.conv2.weight\)"):
+        load({k: v for k, v in good.items() if k != "7.1.conv2.weight"})
+    with pytest.raises(ValueError, match="not a state dict"):
+        load([torch.zeros(3)])
+    for k, v in net.features.state_dict().items():                       # refused files change nothing
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no published caffe features for 'resnet18'.*verify=False"):
+        C.load_caffe_features(net, path)
+    load({f"module.{k}": v for k, v in good.items()})                     # DataParallel prefix dropped
+    torch.testing.assert_close(net.features.state_dict()["4.1.bn2.running_mean"], good["4.1.bn2.running_mean"])

@@ -178,14 +178,19 @@ def test_loss_matches_loop():
         num = sum(math.exp(s[i] / t) for i in range(N) if pos[b, i])
         den = sum(math.exp(x / t) for x in s)
         total += -math.log(num / den)
-    mse = 0.0
+    recon[1, 2] = 3.0 * aff[1, 2]        # a perfect row: distance 0, clamped to sqrt(1e-4) = 0.01
+    dist = 0.0
     for b in range(B):
         for i in range(N):
             a, r = aff[b, i] / aff[b, i].norm(), recon[b, i] / recon[b, i].norm()
-            mse += float(((a - r) ** 2).sum())
-    ref = total / B + alpha * mse / (B * N)
+            # the authors' term (RerankTransformer.forward): sqrt(clamp(squared distance, 1e-4, 1e4))
+            dist += math.sqrt(min(max(float(((a - r) ** 2).sum()), 1e-4), 1e4))
+    ref = total / B + alpha * dist / (B * N)
     got = csa_loss(tokens, recon, aff, pos, temperature=t, alpha=alpha)
     assert float(got) == pytest.approx(ref, rel=1e-5)
+    # alpha weights the distance, not its square
+    rec = (float(csa_loss(tokens, recon, aff, pos, alpha=1.0)) - float(csa_loss(tokens, recon, aff, pos, alpha=0.0)))
+    assert rec == pytest.approx(dist / (B * N), rel=1e-5)
     # all positive → contrastive 0
     allpos = torch.ones(B, N, dtype=torch.bool)
     assert float(csa_loss(tokens, recon, aff, allpos, alpha=0.0)) == pytest.approx(0.0, abs=1e-6)
@@ -453,3 +458,27 @@ def test_csa_task_initial_weights_follow_the_seed_only(tmp_path):
     c = csa_lists(dict(cfg, seed=1))[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_lists_count_the_query_like_the_authors():
+    """The authors' RerankDataset_TopKSIM takes each image's top ``topk`` by self-similarity (the
+    image itself first): topk = 512 is the query + 511 candidates, i.e. K = 511 here."""
+    from retrieval.models.csa import CSALists
+    from retrieval.tasks import csa_config
+
+    cfg = csa_config()
+    assert (cfg["K"], cfg["L"]) == (511, 512)  # the paper's --topk 512 --sim_len 512
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    topk = 9                                              # authors' count: the query + 8
+    ds = CSALists(X, np.arange(40) % 4, K=topk - 1, L=topk, seed=0)
+    sim = torch.from_numpy(X @ X.T)
+    for i in (0, 7, 39):
+        authors = torch.topk(sim[i], k=topk)[1]           # the query first, then its top 8
+        aff, _ = ds[i]
+        assert aff.shape == (topk, topk)
+        ours = torch.cat([torch.tensor([i]), ds.lists[i, :topk - 1]])
+        assert int(authors[0]) == i and set(authors.tolist()) == set(ours.tolist())
+        # rows = items (the query, then candidates shuffled), columns = anchors in rank order
+        torch.testing.assert_close(aff[0], sim[i, authors])

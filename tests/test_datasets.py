@@ -545,8 +545,8 @@ def test_difficulty_out_of_range_is_rejected(fn, difficulty):
 
 
 def test_resolve_name_unknown_dataset():
-    with pytest.raises(ValueError, match="oxford5k"):
-        resolve_name("oxford5k")
+    with pytest.raises(ValueError, match="holidays"):
+        resolve_name("holidays")
 
 
 def test_load_image_errors(tmp_path):
@@ -604,16 +604,18 @@ def test_crop_bbx_wrong_length():
 
 
 @pytest.mark.parametrize("size_in, longer, expected", [
-    ((160, 120), 224, (224, 168)),   # landscape, upscale
+    ((160, 120), 224, (224, 168)),   # landscape, upscale (only with upscale=True)
     ((90, 200), 100, (45, 100)),     # portrait, downscale
     ((300, 299), 150, (150, 150)),   # nearly square: rounding
     ((64, 64), 32, (32, 32)),
 ])
 def test_resize_longer(size_in, longer, expected):
     img = Image.new("RGB", size_in, (10, 20, 30))
-    out = resize_longer(img, longer)
+    out = resize_longer(img, longer, upscale=True)
     assert out.size == expected
     assert max(out.size) == longer
+    # the reference (PIL thumbnail) never enlarges
+    assert resize_longer(img, longer).size == (expected if max(size_in) >= longer else size_in)
     w, h = size_in
     assert abs(out.size[0] / out.size[1] - w / h) <= 1.0 / min(out.size)
 

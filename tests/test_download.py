@@ -1,6 +1,8 @@
 """Downloads against a local HTTP server on 127.0.0.1 that serves tiny stand-in archives in the real
-layout (nothing leaves this machine): success, resume, checksum mismatch, 404, truncated archive."""
+layout (nothing leaves this machine): success, resume, checksum mismatch, 404, truncated archive,
+the pinned ground-truth hashes (checked with the real files of tests/data/real_gnd)."""
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,6 +20,8 @@ from PIL import Image
 from retrieval import datasets
 from retrieval.datasets import download as dl
 from retrieval.datasets.__main__ import main as cli
+
+REAL_GND = Path(__file__).parent / "data" / "real_gnd"
 
 
 # --------------------------------------------------------------------------- the server
@@ -115,7 +119,16 @@ def url_of(name: str, filename: str) -> str:
     return next(f.url for f in dl.resource(name).files if f.filename == filename)
 
 
-def stand_in_oxford(srv) -> list[str]:
+def unpin_gnd(monkeypatch, name: str) -> None:
+    """Drop the pinned sha256 of ``name``'s gnd for one test: the stand-in gnd has other bytes than
+    the real file (the pin itself is tested with the real bytes below)."""
+    res = dl.RESOURCES[name]
+    files = tuple(dataclasses.replace(f, sha256=None) if f.filename.startswith("gnd_") else f for f in res.files)
+    monkeypatch.setitem(dl.RESOURCES, name, dataclasses.replace(res, files=files))
+
+
+def stand_in_oxford(srv, monkeypatch) -> list[str]:
+    unpin_gnd(monkeypatch, "roxford5k")
     db, qs = [f"all_souls_{i:06d}" for i in range(4)], ["radcliffe_camera_000001", "bodleian_000002"]
     serve(srv, url_of("roxford5k", "gnd_roxford5k.pkl"), gnd_pickle(db, qs))
     serve(srv, url_of("roxford5k", "oxbuild_images-v1.tgz"),
@@ -123,7 +136,8 @@ def stand_in_oxford(srv) -> list[str]:
     return db + qs
 
 
-def stand_in_paris(srv) -> list[str]:
+def stand_in_paris(srv, monkeypatch) -> list[str]:
+    unpin_gnd(monkeypatch, "rparis6k")
     one, two = ["paris_defense_000001", "paris_defense_000002"], ["paris_louvre_000001", "paris_louvre_000002"]
     serve(srv, url_of("rparis6k", "gnd_rparis6k.pkl"), gnd_pickle(one + two[:1], two[1:]))
     # the real archives hold paris/<landmark>/<image>.jpg
@@ -133,9 +147,9 @@ def stand_in_paris(srv) -> list[str]:
 
 
 # --------------------------------------------------------------------------- success
-def test_download_revisited_sets_into_the_documented_layout(server, tmp_path):
+def test_download_revisited_sets_into_the_documented_layout(server, tmp_path, monkeypatch):
     root = tmp_path / "data"
-    ox, pa = stand_in_oxford(server), stand_in_paris(server)
+    ox, pa = stand_in_oxford(server, monkeypatch), stand_in_paris(server, monkeypatch)
     dl.download("roxford5k", root, mirror=server.url, progress=False)
     assert cli(["download", "rparis6k", "--root", str(root), "--mirror", server.url]) == 0
     for name, images in (("roxford5k", ox), ("rparis6k", pa)):
@@ -144,7 +158,7 @@ def test_download_revisited_sets_into_the_documented_layout(server, tmp_path):
         assert sorted(p.name for p in (root / "test" / name / "jpg").iterdir()) == sorted(f"{n}.jpg" for n in images)
     assert not list((root / "downloads").rglob("*.tgz"))            # archives removed after unpacking
     assert not list(root.rglob("*.part")) and not list(root.rglob(".*.extract-*"))
-    registry = json.loads((root / "checksums.json").read_text())  # trust on first use: hashes recorded
+    registry = json.loads((root / "checksums.json").read_text())  # unpinned: trust on first use
     gnd = root / "test" / "roxford5k" / "gnd_roxford5k.pkl"
     assert registry[url_of("roxford5k", "gnd_roxford5k.pkl")]["sha256"] == hashlib.sha256(gnd.read_bytes()).hexdigest()
     assert url_of("rparis6k", "paris_2-v1.tgz") in registry
@@ -274,9 +288,9 @@ def test_404_names_the_url(server, tmp_path):
     assert cli(["download", "roxford5k", "--root", str(tmp_path / "data"), "--mirror", server.url]) == 1
 
 
-def test_truncated_archive_is_refused_and_fetched_again(server, tmp_path):
+def test_truncated_archive_is_refused_and_fetched_again(server, tmp_path, monkeypatch):
     root = tmp_path / "data"
-    stand_in_oxford(server)
+    stand_in_oxford(server, monkeypatch)
     archive_url = url_of("roxford5k", "oxbuild_images-v1.tgz")
     full = (server.www / served_path(archive_url).lstrip("/")).read_bytes()
     serve(server, archive_url, full[: len(full) // 2])  # the server itself holds a cut file
@@ -344,3 +358,102 @@ def test_parts_and_names_are_checked():
     for name, net in PUBLISHED.items():
         (f,) = dl.resource(name).files
         assert f.url == net.url and f.sha256 == net.sha256_prefix and f.dest == f"networks/{net.filename}"
+
+
+# --------------------------------------------------------------------------- pinned hashes
+GND_NAMES = ("roxford5k", "rparis6k", "oxford5k", "paris6k")
+
+
+def test_ground_truth_hashes_are_pinned_to_the_real_files():
+    """The table carries the full sha256 of each real gnd (no trust on first use); the test data
+    in tests/data/real_gnd are those bytes."""
+    assert set(dl.GROUPS["test"]) == set(GND_NAMES)
+    for name in GND_NAMES:
+        (gnd,) = [f for f in dl.resource(name).files if f.filename == f"gnd_{name}.pkl"]
+        assert gnd.url == f"http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/{name}/gnd_{name}.pkl"
+        assert gnd.dest == f"test/{name}/gnd_{name}.pkl"
+        assert gnd.sha256 == hashlib.sha256((REAL_GND / f"gnd_{name}.pkl").read_bytes()).hexdigest()
+    # the original sets come from the same image archives as the revisited ones
+    archives = lambda n: [f.url for f in dl.resource(n).files if f.extract]  # noqa: E731
+    oxbuild = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz"
+    assert archives("oxford5k") == archives("roxford5k") == [oxbuild]
+    assert archives("paris6k") == archives("rparis6k") and len(archives("paris6k")) == 2
+
+
+def test_pinned_gnd_rejects_other_bytes_downloaded_or_placed(server, tmp_path):
+    root = tmp_path / "data"
+    url = url_of("oxford5k", "gnd_oxford5k.pkl")
+    dest = root / "test" / "oxford5k" / "gnd_oxford5k.pkl"
+    real = (REAL_GND / "gnd_oxford5k.pkl").read_bytes()
+    # served with other bytes (a valid pickle in the right format, but not the published file)
+    serve(server, url, gnd_pickle(["a", "b"], ["c"]))
+    with pytest.raises(dl.ChecksumError, match="sha256 mismatch.*c84e5eb68524"):
+        dl.download("oxford5k", root, mirror=server.url, progress=False)
+    assert not dest.exists() and not list(root.rglob("*.part"))
+    # placed by hand with other bytes: refused, never recorded as trusted
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(real[:-1] + b"\x00")
+    with pytest.raises(dl.ChecksumError, match="delete .*gnd_oxford5k.pkl to download it again"):
+        dl.download("oxford5k", root, mirror=server.url, progress=False)
+    with pytest.raises(dl.ChecksumError):
+        dl.verify("oxford5k", root)
+    assert url not in json.loads((root / "checksums.json").read_text() if (root / "checksums.json").exists() else "{}")
+    # the real bytes are accepted (then the stand-in server lacks the image archive: 404)
+    dest.unlink()
+    serve(server, url, real)
+    with pytest.raises(dl.DownloadError, match="oxbuild_images-v1.tgz: 404"):
+        dl.download("oxford5k", root, mirror=server.url, progress=False)
+    assert dest.read_bytes() == real
+    assert dl.verify("oxford5k", root)[str(dest)] == dl.GND_SHA256["oxford5k"]
+
+
+def test_original_set_reuses_the_unpacked_revisited_archive(server, tmp_path, monkeypatch):
+    """oxford5k after roxford5k: the shared oxbuild archive is not fetched again, its images are
+    linked; the original-format gnd (ok/junk, qidx) loads and is evaluated under 'classic'."""
+    from retrieval.metrics import evaluate
+
+    root = tmp_path / "data"
+    images = stand_in_oxford(server, monkeypatch)
+    dl.download("roxford5k", root, mirror=server.url, progress=False)
+    unpin_gnd(monkeypatch, "oxford5k")
+    qs = images[-2:]
+    gnd = [{"bbx": [0, 0, 20, 16], "ok": [images.index(q), 0], "junk": [1]} for q in qs]
+    serve(server, url_of("oxford5k", "gnd_oxford5k.pkl"),
+          pickle.dumps({"imlist": images, "qimlist": qs, "qidx": [images.index(q) for q in qs], "gnd": gnd}))
+    archive = served_path(url_of("oxford5k", "oxbuild_images-v1.tgz"))
+    fetched_before = [p for p, _ in server.log].count(archive)
+    dl.download("oxford5k", root, mirror=server.url, progress=False)
+    assert [p for p, _ in server.log].count(archive) == fetched_before == 1
+    for n in images:
+        a, b = root / "test" / "roxford5k" / "jpg" / f"{n}.jpg", root / "test" / "oxford5k" / "jpg" / f"{n}.jpg"
+        assert b.read_bytes() == a.read_bytes() and b.stat().st_ino == a.stat().st_ino  # hard link
+    marker = json.loads((root / "downloads" / "oxford5k" / "oxbuild_images-v1.tgz.extracted.json").read_text())
+    assert marker["reused_from"] == "roxford5k" and sorted(marker["files"]) == sorted(f"{n}.jpg" for n in images)
+    ds = datasets.get_test("oxford5k", root=root)
+    assert ds.n_db == 6 and ds.n_query == 2 and ds.qidx == [4, 5]
+    ranks = np.arange(6)[::-1, None].repeat(2, axis=1)        # db 5, 4, ..., 0 for both queries
+    res = evaluate(ranks, ds.gnd, kappas=(1,))
+    assert set(res) == {"classic"}
+    # query 0: positives 4 and 0 at ranks 1 and 5, junk 1 at rank 4 -> junk-free positions 1, 4
+    ap0 = ((0 / 1 + 1 / 2) + (1 / 4 + 2 / 5)) / 2 / 2
+    ap1 = ((1 + 1) + (1 / 4 + 2 / 5)) / 2 / 2             # positives 5 (position 0) and 0 (4)
+    assert res["classic"]["map"] == pytest.approx((ap0 + ap1) / 2, rel=1e-12)
+    dl.download("oxford5k", root, mirror=server.url, progress=False)   # finished: nothing fetched
+    assert [p for p, _ in server.log].count(archive) == 1
+
+
+def test_caffe_features_are_in_the_table_with_their_hash_prefix(server, tmp_path):
+    base = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
+    expected = {"vgg16": "imagenet-caffe-vgg16-features-d369c8e.pth",
+                "resnet50": "imagenet-caffe-resnet50-features-ac468af.pth",
+                "resnet101": "imagenet-caffe-resnet101-features-10a101d.pth",
+                "resnet152": "imagenet-caffe-resnet152-features-1011020.pth"}
+    for backbone, filename in expected.items():
+        (f,) = dl.resource(f"imagenet-caffe-{backbone}").files
+        assert f.url == base + filename and f.dest == f"networks/imagenet/{filename}" and f.base == "data"
+        assert f.sha256 == filename.rsplit("-", 1)[1][:-4]
+        assert f"imagenet-caffe-{backbone}" in dl.GROUPS["imagenet"]
+    serve(server, base + expected["resnet101"], b"not the caffe weights")
+    with pytest.raises(dl.ChecksumError, match="expected 10a101d"):
+        dl.download("imagenet-caffe-resnet101", tmp_path / "data", mirror=server.url, progress=False)
+    assert not (tmp_path / "data" / "networks" / "imagenet" / expected["resnet101"]).exists()

@@ -45,14 +45,11 @@ def images(tmp_path_factory):
 
 
 def preprocess(path, size=SIZE):
-    """Independent re-implementation: RGB, longer side = size (bilinear), /255, ImageNet norm."""
+    """The reference, cirtorch's loader + imresize: RGB, PIL thumbnail((size, size), LANCZOS),
+    /255, ImageNet norm."""
     with Image.open(path) as f:
         im = f.convert("RGB")
-    w, h = im.size
-    s = size / max(w, h)
-    new = (max(1, round(w * s)), max(1, round(h * s)))
-    if new != (w, h):
-        im = im.resize(new, Image.BILINEAR)
+    im.thumbnail((size, size), Image.LANCZOS)
     a = (np.asarray(im, np.float32) / 255.0 - MEAN) / STD
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 
@@ -108,13 +105,14 @@ def test_describe_empty_scales(model):
 
 # --------------------------------------------------------------------------- preprocessing
 @pytest.mark.parametrize("size,wh,expect_hw", [(64, (100, 37), (24, 64)), (64, (30, 120), (64, 16)),
-                                               (50, (80, 60), (38, 50)), (64, (64, 64), (64, 64))])
+                                               (50, (80, 60), (38, 50)), (64, (64, 64), (64, 64)),
+                                               (64, (40, 30), (30, 40))])   # smaller: kept
 def test_image_list_resizes_longer_side(tmp_path, size, wh, expect_hw):
     a = (np.random.default_rng(0).random((wh[1], wh[0], 3)) * 255).astype(np.uint8)
     Image.fromarray(a).save(tmp_path / "a.png")
     x = ImageList([tmp_path / "a.png"], size)[0]
     assert x.shape == (3, *expect_hw)
-    assert max(x.shape[1:]) == size
+    assert max(x.shape[1:]) == min(size, max(wh))
     torch.testing.assert_close(x, preprocess(tmp_path / "a.png", size), rtol=0, atol=1e-5)
 
 
@@ -163,13 +161,17 @@ def test_query_crop_equals_cropped_png(model, images, tmp_path):
     Image.open(src).crop(tuple(bbx)).save(tmp_path / "crop.png")  # PNG: lossless
     a = extract_vectors(model, [src, images[0]], image_size=SIZE, bbxs=[bbx, [0, 0, 80, 60]],
                         progress=False)
-    b = extract_vectors(model, [tmp_path / "crop.png", images[0]], image_size=SIZE, progress=False)
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    # the crop (35x60) keeps its image's scale (cirtorch ImagesFromList): thumbnail to
+    # SIZE * 60 / 90 = 42.67 px, i.e. 42 (PIL floors the box), not to SIZE
+    with torch.no_grad():
+        ref = model(preprocess(tmp_path / "crop.png", 42)[None]).numpy()
+    b = extract_vectors(model, [images[0]], image_size=SIZE, progress=False)
+    np.testing.assert_allclose(a, np.concatenate([ref, b]), atol=1e-6)
     # and the crop changes the descriptor
     full = extract_vectors(model, [src], image_size=SIZE, progress=False)
     assert not np.allclose(a[0], full[0], atol=1e-3)
-    # box sizes: the crop (35x60) is resized so that its longer side is image_size
-    assert ImageList([src], SIZE, bbxs=[bbx])[0].shape == (3, 64, round(35 * 64 / 60))
+    assert ImageList([src], SIZE, bbxs=[bbx])[0].shape == preprocess(tmp_path / "crop.png", 42).shape
+    assert max(ImageList([src], SIZE, bbxs=[bbx])[0].shape) == 42
 
 
 def test_missing_image_names_file(model, images, tmp_path):

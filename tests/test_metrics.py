@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from retrieval.metrics import (
-    classic_ap, compute_ap, compute_map, evaluate, format_table, protocol_gnd,
+    CLASSIC, PROTOCOLS, classic_ap, compute_ap, compute_map, evaluate, format_map_table, format_table,
+    gnd_protocols, protocol_gnd,
 )
 
 
@@ -310,6 +311,74 @@ def test_classic_ap_vs_cpp_port(seed):
            for q, e in enumerate(gnd)]
     np.testing.assert_allclose(aps, ref, rtol=1e-12, atol=1e-15)
     assert m == pytest.approx(np.mean(ref), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- bitwise means
+def sequential_mean(values):
+    """revisitop's accumulation: ``map = map + ap`` in query order, then one division."""
+    total = 0.0
+    for v in values:
+        total = total + v
+    return total / len(values)
+
+
+def test_means_equal_revisitop_bit_for_bit():
+    """70 queries (as ROxf/RPar) where the pairwise sum of np.mean differs from the reference's
+    query-order sum: mAP and mP@k must equal the loop port exactly (==, no tolerance)."""
+    rng = np.random.default_rng(0)
+    ranks, gnd = random_case(rng, n_db=300, nq=70, empty_frac=0.1)
+    m, aps, pr, prs = compute_map(ranks, gnd)
+    rm, raps, rpr, rprs = ref_compute_map(ranks, gnd)
+    valid = ~np.isnan(raps)
+    assert np.mean(raps[valid]) != rm                 # the case np.mean gets wrong in the last bits
+    assert np.array_equal(aps, raps, equal_nan=True) and np.array_equal(prs, rprs, equal_nan=True)
+    assert m == rm and type(m) is float
+    assert np.array_equal(pr, rpr)
+    # classic_ap averages the same way (its per-query AP is the same formula)
+    cm, caps = classic_ap(ranks, gnd)
+    assert np.array_equal(caps, raps, equal_nan=True)
+    assert cm == sequential_mean(list(caps[valid])) == rm
+
+
+# --------------------------------------------------------------------------- classic protocol
+def test_classic_protocol_from_original_gnd():
+    """Original Oxford5k/Paris6k gnd (ok/junk, optionally good) -> evaluate returns only 'classic',
+    equal to compute_map on good+ok / junk (cirtorch's compute_map_and_print for oxford5k)."""
+    rng = np.random.default_rng(3)
+    ranks, rev = revisited_case(rng, nq=8)
+    orig = [{"ok": e["easy"] + e["hard"], "junk": e["junk"], "bbx": e["bbx"]} for e in rev]
+    orig[0] = {"good": orig[0]["ok"][:1], "ok": orig[0]["ok"][1:], "junk": orig[0]["junk"]}  # raw Oxford lists
+    assert gnd_protocols(orig) == (CLASSIC,) and gnd_protocols(rev) == PROTOCOLS
+    res = evaluate(ranks, orig, kappas=(1, 5))
+    assert list(res) == [CLASSIC] and set(res[CLASSIC]) == {"map", "mp@1", "mp@5"}
+    merged = [{"ok": e.get("good", []) + e["ok"], "junk": e["junk"]} for e in orig]
+    m, _, pr, _ = ref_compute_map(ranks, merged, kappas=(1, 5))
+    assert res[CLASSIC]["map"] == m and [res[CLASSIC]["mp@1"], res[CLASSIC]["mp@5"]] == list(pr)
+    # the classic mAP of the original lists = the revisited Medium mAP (ok = easy + hard)
+    assert res[CLASSIC]["map"] == evaluate(ranks, rev)["medium"]["map"]
+    with pytest.raises(ValueError, match="use protocol 'classic'"):
+        protocol_gnd(orig, "medium")
+    with pytest.raises(ValueError, match="not in the original"):
+        protocol_gnd(rev, CLASSIC)
+    with pytest.raises(ValueError, match="mixes formats"):
+        evaluate(ranks, rev[:4] + orig[4:])
+
+
+def test_tables_of_classic_results():
+    classic = {CLASSIC: {"map": 0.8125, "mp@1": 1.0}}
+    rev = {"easy": {"map": 0.5, "mp@1": 1.0}, "medium": {"map": 0.25, "mp@1": 0.0},
+           "hard": {"map": 0.125, "mp@1": 0.5}}
+    one = format_table(classic).splitlines()
+    assert one[0].split() == ["metric", "classic"]
+    assert one[1].split() == ["mAP", "81.25"] and one[2].split() == ["mP@1", "100.00"]
+    mixed = format_table({"ox": classic, "rox": rev}).splitlines()
+    assert mixed[0].split() == ["name", "metric", "E", "M", "H", "classic"]
+    assert mixed[1].split() == ["ox", "mAP", "-", "-", "-", "81.25"]
+    assert mixed[3].split() == ["rox", "mAP", "50.00", "25.00", "12.50", "-"]
+    rows = format_map_table({"gem": classic, "mac": {CLASSIC: {"map": 0.5}}}, {"dim": {"gem": 2048}}).splitlines()
+    assert rows[0].split() == ["method", "classic", "dim"]
+    assert rows[1].split() == ["gem", "81.25", "2048"] and rows[2].split() == ["mac", "50.00", "-"]
+    assert format_table(rev).splitlines()[0].split() == ["metric", "E", "M", "H"]   # unchanged for E/M/H
 
 
 # --------------------------------------------------------------------------- input errors

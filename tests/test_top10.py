@@ -210,3 +210,41 @@ def test_framed_png_border_and_box(run):
     png = framed_png(ds.query_paths()[0], "#ff0000", size=64, border=3, bbx=ds.gnd[0]["bbx"])
     im = Image.open(io.BytesIO(png)).convert("RGB")
     assert max(im.size) == 64 + 6 and im.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_browser_on_a_classic_dataset(run, tmp_path):
+    """An original-format (Oxford5k-like: ok/junk) copy of the tiny set next to the revisited one:
+    its lists are scored under 'classic' only, the browser offers that protocol for it and switches
+    back to E/M/H for the revisited set."""
+    import pickle
+
+    ds, _, rand, oracle = run
+    root = tmp_path / "data"
+    folder = root / "test" / "synth-classic"
+    folder.mkdir(parents=True)
+    (folder / "jpg").symlink_to(ds.root / "jpg", target_is_directory=True)
+    gnd = [{"bbx": g["bbx"], "ok": list(g["easy"]) + list(g["hard"]), "junk": list(g["junk"])} for g in ds.gnd]
+    cfg = {"imlist": ds.imlist, "qimlist": ds.qimlist, "gnd": gnd}
+    (folder / "gnd_synth-classic.pkl").write_bytes(pickle.dumps(cfg))
+    run_dir = tmp_path / "run"
+    record_ranks(run_dir, "synth-classic", "first", rand, gnd, keep=30, data_root=root)
+    record_ranks(run_dir, "synth-classic", "first+oracle", oracle, gnd, keep=30, data_root=root)
+    record_ranks(run_dir, ds.name, "first", rand, ds.gnd, keep=30, data_root=ds.root.parents[1])
+    r = load_ranks(run_dir, "synth-classic", "first")
+    assert list(r["ap"]) == ["classic"]
+    np.testing.assert_allclose(r["ap"]["classic"], compute_map(rand, protocol_gnd(ds.gnd, "medium"))[1], rtol=1e-6)
+    medium = viz.result_labels(ds.gnd[3], oracle[:10, 3], "medium")
+    assert viz.result_labels(gnd[3], oracle[:10, 3], "classic") == medium
+
+    app = ResultBrowser(run_dir, dataset="synth-classic", thumb=64)
+    assert list(app.protocol.options) == ["classic"] and app.protocol.value == "classic"
+    app.query.value = 3
+    expect = viz.result_labels(gnd[3], oracle[:10, 3], "classic")
+    assert [_pixel(t.children[0].value) for t in _tiles(app, 1)] == [viz.RESULT_COLOURS[x] for x in expect]
+    assert "AP classic" in app.lists.children[1].children[0].value
+    app.dataset.value = ds.name                                         # revisited set: E/M/H again
+    assert list(app.protocol.options) == ["easy", "medium", "hard"] and app.protocol.value == "medium"
+    app.dataset.value = "synth-classic"
+    assert app.protocol.value == "classic"
+    with pytest.raises(ValueError, match=r"protocol='medium'.*scored under \('classic',\)"):
+        ResultBrowser(run_dir, dataset="synth-classic", protocol="medium")

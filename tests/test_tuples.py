@@ -186,12 +186,10 @@ def test_miner_errors(split):
 
 # --------------------------------------------------------------------------- TuplesDataset
 def _expected_image(path, size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Independent reference: PIL resize (longer side = size) then (x/255 − mean)/std, (3, h, w)."""
+    """Independent reference, cirtorch's imresize: PIL thumbnail((size, size), LANCZOS) (never
+    enlarges), then (x/255 − mean)/std, (3, h, w)."""
     im = Image.open(path).convert("RGB")
-    w, h = im.size
-    new = (max(1, round(w * size / max(w, h))), max(1, round(h * size / max(w, h))))
-    if new != (w, h):
-        im = im.resize(new, Image.BILINEAR)
+    im.thumbnail((size, size), Image.LANCZOS)
     a = np.asarray(im, dtype=np.float32) / 255.0
     a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return a.transpose(2, 0, 1)
@@ -254,11 +252,15 @@ def test_dataset_augmentation_is_seeded(two_images):
     assert torch.equal(same[0], a0)
     aug.set_epoch(1)
     assert not torch.equal(aug[0], a0)             # another epoch, another crop
-    # a crop resized back: the longer side still fills S, the rest is padding
+    # crops are never enlarged: what is left of a 50-px side after a 0.5 crop stays below S = 40
+    content = lambda x: ((torch.count_nonzero(x.abs().sum(0), dim=1) > 0).sum(),  # noqa: E731
+                         (torch.count_nonzero(x.abs().sum(0), dim=0) > 0).sum())
     for t in range(2):
-        rows = torch.count_nonzero(a0[t].abs().sum(0), dim=1) > 0
-        cols = torch.count_nonzero(a0[t].abs().sum(0), dim=0) > 0
-        assert rows.sum() == 40 or cols.sum() == 40
+        assert max(content(a0[t])) <= 40
+    # a crop that stays above S is shrunk back: its longer side fills S, the rest is padding
+    big = TuplesDataset(two_images, tuples, image_size=40, augment=True, crop_scale=0.9, seed=3)[0]
+    for t in range(2):
+        assert max(content(big[t])) == 40
 
 
 def test_dataset_errors(two_images):

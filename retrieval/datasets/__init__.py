@@ -1,4 +1,5 @@
-"""Datasets: the embedded synthetic benchmark and the revisited / SfM-120k formats."""
+"""Datasets: the embedded synthetic benchmark, the real Oxford/Paris test sets (revisited and
+original) and the SfM-120k training format."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from .revisited import RevisitedDataset, load_revisited, validate_gnd
 from .synthetic import PRESETS, dataset_name, generate
 from .tuples import TupleMiner, TuplesDataset, cid2filename, load_sfm
 
-REAL_TEST = ("roxford5k", "rparis6k")
+#: revisited Oxford/Paris (Radenović et al., CVPR 2018): Easy/Medium/Hard protocols
+REVISITED_TEST = ("roxford5k", "rparis6k")
+#: original Oxford5k / Paris6k (Philbin et al., CVPR 2007 / 2008) with cirtorch's ground truth
+#: (55 queries, ``ok``/``junk``; the query images are in the db): the ``classic`` protocol
+CLASSIC_TEST = ("oxford5k", "paris6k")
+REAL_TEST = REVISITED_TEST + CLASSIC_TEST
 
 
 def resolve_name(dataset: str = "synth", preset: str = "default", difficulty: float = 1.0,
@@ -54,6 +60,7 @@ def train_name(dataset: str = "synth", preset: str = "default") -> str:
     return "retrieval-SfM-120k" if dataset in REAL_TEST else dataset_name(preset)
 
 
-__all__ = ["PRESETS", "REAL_TEST", "RevisitedDataset", "cid2filename", "crop_bbx", "dataset_name",
+__all__ = ["CLASSIC_TEST", "PRESETS", "REAL_TEST", "REVISITED_TEST", "RevisitedDataset", "cid2filename",
+           "crop_bbx", "dataset_name",
            "generate", "get_test", "load_image", "load_revisited", "load_sfm", "resize_longer",
            "resolve_name", "train_name", "validate_gnd", "TupleMiner", "TuplesDataset"]

@@ -76,4 +76,4 @@ def r1m_paths(root: str | os.PathLike, distractors: str = "r1m") -> list[Path]:
 def add_distractors(ds: RevisitedDataset, paths: list[Path], tag: str) -> DistractedDataset:
     """``ds`` with ``paths`` appended to its database, named ``<ds.name>+<tag>``."""
     return DistractedDataset(f"{ds.name}+{tag}", ds.root, list(ds.imlist), list(ds.qimlist), list(ds.gnd),
-                             distractor_paths=[Path(p) for p in paths])
+                             qidx=ds.qidx, distractor_paths=[Path(p) for p in paths])

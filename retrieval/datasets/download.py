@@ -3,12 +3,18 @@
 One table (:data:`RESOURCES`) holds the official URLs, where each file goes under ``data/`` (or the
 torch hub cache for torchvision weights) and the checksum when one is known:
 
-* published cnnimageretrieval-pytorch networks and torchvision weights: the sha256 prefix in their
-  filenames (:mod:`retrieval.models.checkpoints`);
+* published cnnimageretrieval-pytorch networks, its caffe-converted ImageNet features and the
+  torchvision weights: the sha256 prefix in their filenames (:mod:`retrieval.models.checkpoints`);
+* the four ground-truth files (ROxf, RPar, Oxford5k, Paris6k): their full sha256, pinned below
+  (:data:`GND_SHA256`, the bytes in ``tests/data/real_gnd/``);
 * GLDv2 shards: the md5 files the dataset publishes next to them;
 * everything else has no published checksum: its sha256 is recorded in ``data/checksums.json`` on
   the first download (trust on first use) and every later download or placed file is checked
   against it.
+
+An image archive that another resource already unpacked (Oxford5k and ROxf share
+``oxbuild_images-v1.tgz``, Paris6k and RPar the two Paris archives) is not downloaded again: its
+files are hard-linked (copied across file systems) from there.
 
 Transfers go to a hidden ``.<name>.part`` file next to the destination, resume with an HTTP
 ``Range`` request after an interruption, and are renamed into place only once complete and
@@ -99,21 +105,40 @@ _R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 _GLD = "https://s3.amazonaws.com/google-landmark"
 
 
-def _revisited(name: str, archives: list[str], folder: str) -> Resource:
-    files = [RemoteFile(f"{_CMP}/test/{name}/gnd_{name}.pkl", f"test/{name}/gnd_{name}.pkl")]
+#: sha256 of the ground-truth files at ``<_CMP>/test/<name>/gnd_<name>.pkl`` (cirtorch download_test); the same bytes
+#: as tests/data/real_gnd/ (revisited pair: feymanpriv/DOLG, identical in uvavision/RerankingTransformer;
+#: original pair: luanvu2307/diffusion, cirtorch's files; provenance in that folder's README.md)
+GND_SHA256 = {
+    "roxford5k": "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471",
+    "rparis6k": "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499",
+    "oxford5k": "c84e5eb68524fd46aab5c0e80b90f970d7bf677507aeb8cddd6b12990d4bc19e",
+    "paris6k": "def916cf4f197a182d9a7840cdb6294489fa57c2121f9742a1bcc6f2209bb345",
+}
+
+
+def _test_set(name: str, archives: list[str], folder: str, description: str) -> Resource:
+    """A test set as cirtorch's ``download_test`` lays it out: ``test/<name>/gnd_<name>.pkl`` + ``jpg/``."""
+    files = [RemoteFile(f"{_CMP}/test/{name}/gnd_{name}.pkl", f"test/{name}/gnd_{name}.pkl",
+                        sha256=GND_SHA256[name])]
     files += [RemoteFile(f"{_OXF}/{folder}/{a}", f"test/{name}/jpg", extract="flatten") for a in archives]
-    return Resource(name, f"revisited {name[1:]}: images + ground truth (Radenović et al., CVPR 2018)",
-                    tuple(files), check="revisited")
+    return Resource(name, description, tuple(files), check="revisited")
 
 
 def _build() -> dict[str, Resource]:
-    from ..models.checkpoints import PUBLISHED, TORCHVISION_WEIGHTS
+    from ..models.checkpoints import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
 
     res = [
         # sources: cnnimageretrieval-pytorch cirtorch/utils/download.py (download_test, download_train),
         # revisitop python/download.py (download_distractors), cvdfoundation/google-landmark README
-        _revisited("roxford5k", ["oxbuild_images-v1.tgz"], "oxbuildings"),
-        _revisited("rparis6k", ["paris_1-v1.tgz", "paris_2-v1.tgz"], "parisbuildings"),
+        _test_set("roxford5k", ["oxbuild_images-v1.tgz"], "oxbuildings",
+                  "revisited Oxford5k: images + ground truth (Radenović et al., CVPR 2018)"),
+        _test_set("rparis6k", ["paris_1-v1.tgz", "paris_2-v1.tgz"], "parisbuildings",
+                  "revisited Paris6k: images + ground truth (Radenović et al., CVPR 2018)"),
+        # the original sets: the same image archives, cirtorch's gnd (55 queries, ok/junk, classic protocol)
+        _test_set("oxford5k", ["oxbuild_images-v1.tgz"], "oxbuildings",
+                  "original Oxford5k: images + cirtorch's ground truth (Philbin et al., CVPR 2007)"),
+        _test_set("paris6k", ["paris_1-v1.tgz", "paris_2-v1.tgz"], "parisbuildings",
+                  "original Paris6k: images + cirtorch's ground truth (Philbin et al., CVPR 2008)"),
         Resource("revisitop1m", "R1M: 1,001,001 distractor images in 100 parts (revisitop)",
                  (RemoteFile(f"{_R1M}/revisitop1m.txt", "test/revisitop1m/revisitop1m.txt"),)
                  + tuple(RemoteFile(f"{_R1M}/jpg/revisitop1m.{k}.tar.gz", "test/revisitop1m/jpg",
@@ -143,6 +168,10 @@ def _build() -> dict[str, Resource]:
     for backbone, w in TORCHVISION_WEIGHTS.items():
         res.append(Resource(f"imagenet-{backbone}", f"torchvision ImageNet weights of {backbone}",
                             (RemoteFile(w.url, f"checkpoints/{w.filename}", sha256=w.sha256_prefix, base="hub"),)))
+    for backbone, c in CAFFE_FEATURES.items():  # what cirtorch's published VGG16/ResNet nets started from
+        res.append(Resource(f"imagenet-caffe-{backbone}", f"cirtorch's caffe-converted ImageNet features of {backbone}",
+                            (RemoteFile(c.url, f"networks/imagenet/{c.filename}", sha256=c.sha256_prefix),),
+                            check="caffe", notes="load with retrieval.models.checkpoints.load_caffe_features"))
     # Token (Wu et al., AAAI 2022): the authors publish their checkpoints only as Google Drive links
     # (MCC-WH/Token README), which need a browser; placed by hand, then verified (trust on first use).
     for arch, drive in (("r50", "https://drive.google.com/file/d/111CQpn38d2P82VhbawMrM5wGNMU9AlFq/view"),
@@ -154,7 +183,7 @@ def _build() -> dict[str, Resource]:
 
 
 RESOURCES: dict[str, Resource] = _build()
-GROUPS = {"test": ("roxford5k", "rparis6k"),
+GROUPS = {"test": ("roxford5k", "rparis6k", "oxford5k", "paris6k"),
           "networks": tuple(n for n, r in RESOURCES.items() if r.check == "network"),
           "imagenet": tuple(n for n in RESOURCES if n.startswith("imagenet-"))}
 
@@ -470,6 +499,11 @@ def download(name: str, root: str | os.PathLike | None = None, parts=None, mirro
         if marker.exists() and dest.is_dir():
             out.append(dest)
             continue
+        reused = _reuse_unpacked(root, res, f, dest)
+        if reused is not None:
+            atomic_write_json(marker, reused, indent=None)
+            out.append(dest)
+            continue
         archive = root / "downloads" / res.name / f.filename
         trusted_before = f.sha256 or registry.get(f.url)
         if not archive.exists():
@@ -488,6 +522,31 @@ def download(name: str, root: str | os.PathLike | None = None, parts=None, mirro
         out.append(dest)
     _check_layout(res, root)
     return out
+
+
+def _reuse_unpacked(root: Path, res: Resource, f: RemoteFile, dest: Path) -> dict | None:
+    """When another resource unpacked the same archive (same URL and layout) and all its files are
+    still there, hard-link them into ``dest`` (copy across file systems); returns the marker record
+    for ``res``, or None (then the archive is downloaded)."""
+    for other in RESOURCES.values():
+        for g in other.files if other.name != res.name else ():
+            if g.url != f.url or g.extract != f.extract:
+                continue
+            marker = _marker(root, other, g)
+            record = json.loads(marker.read_text()) if marker.is_file() else {}
+            src, files = _base(g, root) / g.dest, record.get("files") or []
+            if not files or not all((src / rel).is_file() for rel in files):
+                continue
+            for rel in files:
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                try:
+                    os.link(src / rel, target)
+                except OSError:
+                    shutil.copyfile(src / rel, target)
+            return dict(record, into=f.dest, reused_from=other.name)
+    return None
 
 
 def _fetch_file(f: RemoteFile, dest: Path, registry: ChecksumRegistry, mirror, progress, retries, timeout,
@@ -573,6 +632,12 @@ def _check_layout(res: Resource, root: Path) -> None:
         from ..models.checkpoints import load_published
 
         load_published(res.name, path=root / res.files[0].dest)
+    elif res.check == "caffe":
+        from ..models.checkpoints import load_caffe_features
+        from ..models.global_net import build_global_net
+
+        load_caffe_features(build_global_net(res.name[len("imagenet-caffe-"):], weights=None),
+                            path=root / res.files[0].dest)
 
 
 def listing() -> str:
@@ -587,6 +652,7 @@ def listing() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ChecksumError", "ChecksumRegistry", "DownloadError", "GROUPS", "IncompleteDownload", "RESOURCES",
+__all__ = ["ChecksumError", "ChecksumRegistry", "DownloadError", "GND_SHA256", "GROUPS", "IncompleteDownload",
+           "RESOURCES",
            "RemoteFile", "Resource", "download", "extract_archive", "fetch", "fetch_md5", "file_hash", "listing",
            "mirrored", "parse_parts", "resource", "verify"]

@@ -1,11 +1,17 @@
-"""Image loading and resizing with clear errors."""
+"""Image loading, query crops and resizing, with clear errors.
+
+Preprocessing follows the reference test pipeline (cnnimageretrieval-pytorch ``ImagesFromList`` /
+``imresize``): a query is cropped to its ``bbx`` and keeps its full image's scale; every image is
+shrunk with ``PIL.Image.thumbnail`` (LANCZOS, never enlarged). One deliberate difference: a ``bbx``
+reaching outside its image is clipped to it (PIL's crop would pad the outside with black).
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
-
-import math
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -52,8 +58,10 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
 
 
 def crop_bbx(img: Image.Image, bbx, name: str = "image") -> Image.Image:
-    """Crop to ``bbx`` = [x1, y1, x2, y2] (pixels; clipped to the image, as in the revisited
-    protocol where query images are cropped to their box)."""
+    """Crop to ``bbx`` = [x1, y1, x2, y2] (pixels), each coordinate rounded as ``PIL.Image.crop``
+    rounds it (Python's ``round``), as the revisited protocol crops its queries. The box is clipped
+    to the image first (the reference would pad the outside with black); ValueError names ``name``
+    when the box is empty inside the image."""
     if bbx is None:
         return img
     if len(bbx) != 4:
@@ -68,11 +76,59 @@ def crop_bbx(img: Image.Image, bbx, name: str = "image") -> Image.Image:
     return img.crop((round(x1), round(y1), round(x2), round(y2)))
 
 
-def resize_longer(img: Image.Image, size: int) -> Image.Image:
-    """Resize so that the longer side is ``size`` pixels (aspect ratio kept)."""
-    if size <= 0:
-        raise ValueError(f"image_size must be positive, got {size}")
-    w, h = img.size
-    s = size / max(w, h)
-    new = (max(1, round(w * s)), max(1, round(h * s)))
-    return img if new == (w, h) else img.resize(new, Image.BILINEAR)
+def thumbnail_size(width: int, height: int, size: float, upscale: bool = False) -> tuple[int, int]:
+    """Target (w, h) of :meth:`PIL.Image.Image.thumbnail` with a ``(size, size)`` box.
+
+    The rule of the reference pipeline (cnnimageretrieval-pytorch ``imresize`` calls
+    ``img.thumbnail((s, s), ANTIALIAS)``): ``size`` is floored, the longer side becomes that many
+    pixels and the shorter side is whichever of floor/ceil keeps the aspect ratio closer (floor on a
+    tie: a 768x1024 portrait at 362 px becomes 271x362, where ``round()`` gives 272). An image
+    already inside the box is returned unchanged unless ``upscale`` (then it is enlarged by the
+    same rule). Raises ValueError when ``size`` floors below 1 px.
+    """
+    box = math.floor(size)
+    if box < 1:
+        raise ValueError(f"image size must be at least 1 px, got {size!r}")
+    if width < 1 or height < 1:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    if box >= width and box >= height and not upscale:
+        return width, height
+    aspect = width / height
+
+    def closest(value: float, err) -> int:  # floor or ceil, whichever is closer in aspect; >= 1
+        return max(min(math.floor(value), math.ceil(value), key=err), 1)
+
+    if aspect <= 1:  # portrait or square: the height fills the box
+        return closest(box * aspect, lambda n: abs(aspect - n / box)), box
+    return box, closest(box / aspect, lambda n: 0 if n == 0 else abs(aspect - box / n))
+
+
+def resize_longer(img: Image.Image, size: float, upscale: bool = False) -> Image.Image:
+    """Resize so that the longer side is ``floor(size)`` pixels, aspect ratio kept, as the reference
+    pipeline does (cnnimageretrieval-pytorch ``imresize``: ``PIL.Image.thumbnail`` with LANCZOS):
+    the sizes of :func:`thumbnail_size`, LANCZOS with PIL's ``reducing_gap=2.0``, and images already
+    smaller than ``size`` are kept as they are. ``upscale=True`` enlarges those too (a named option
+    for the multi-resolution experiments, which feed images above their own size; Gordo et al.,
+    IJCV 2017). Returns ``img`` itself when the size does not change, else a new image.
+    """
+    if isinstance(size, bool) or not isinstance(size, numbers.Real) or not math.isfinite(size) or size <= 0:
+        raise ValueError(f"image_size must be a positive number, got {size!r}")
+    new = thumbnail_size(img.width, img.height, size, upscale)
+    return img if new == img.size else img.resize(new, Image.LANCZOS, reducing_gap=2.0)
+
+
+def prepare_image(path: str | os.PathLike, image_size: float, bbx=None, upscale: bool = False) -> Image.Image:
+    """An image as a network sees it: loaded (:func:`load_image`), cropped to ``bbx`` when given, and
+    resized by :func:`resize_longer`.
+
+    A query crop keeps the scale of its full image, as in the reference test pipeline
+    (cnnimageretrieval-pytorch ``ImagesFromList``, used by revisitop's evaluation and by the CSA and
+    Token authors' code): it is resized with ``image_size * max(crop size) / max(full image size)``,
+    so query and db images share one scale (at 1024 px on ROxf/RPar most crops keep their pixels).
+    """
+    img = load_image(path)
+    if bbx is None:
+        return resize_longer(img, image_size, upscale)
+    full = max(img.size)
+    img = crop_bbx(img, bbx, name=str(path))
+    return resize_longer(img, image_size * max(img.size) / full, upscale)

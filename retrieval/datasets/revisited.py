@@ -2,7 +2,9 @@
 
 ``<root>/test/<name>/gnd_<name>.pkl`` holds ``imlist`` (db image names), ``qimlist`` (query names)
 and ``gnd`` (one dict per query: ``bbx`` [x1, y1, x2, y2] and ``easy``/``hard``/``junk`` lists of db
-indices); images are ``<root>/test/<name>/jpg/<im>.jpg``.
+indices); images are ``<root>/test/<name>/jpg/<im>.jpg``. cirtorch's files of the original
+Oxford5k/Paris6k have ``ok``/``junk`` lists instead and a top-level ``qidx`` (the db index of each
+query image: there the queries are also in the db).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class RevisitedDataset:
     imlist: list[str]
     qimlist: list[str]
     gnd: list[dict]
+    qidx: list[int] | None = None   # db index of each query (original Oxford5k/Paris6k files only)
 
     @property
     def n_db(self) -> int:
@@ -56,17 +59,29 @@ def load_revisited(root: str | os.PathLike, name: str) -> RevisitedDataset:
     except Exception as e:  # truncated or not a pickle: name the file
         raise ValueError(f"{path}: cannot read the pickle ({type(e).__name__}: {e})") from e
     validate_gnd(cfg, str(path))
-    return RevisitedDataset(name, folder, list(cfg["imlist"]), list(cfg["qimlist"]), list(cfg["gnd"]))
+    qidx = [int(i) for i in cfg["qidx"]] if cfg.get("qidx") is not None else None
+    return RevisitedDataset(name, folder, list(cfg["imlist"]), list(cfg["qimlist"]), list(cfg["gnd"]), qidx)
 
 
 def validate_gnd(cfg, where: str = "gnd") -> None:
-    """Raise ValueError unless ``cfg`` is a revisited-format ground truth."""
+    """Raise ValueError unless ``cfg`` is a revisited-format ground truth (or cirtorch's original
+    Oxford5k/Paris6k one: ``ok``/``junk`` entries and ``qidx``, each query's own db index)."""
     if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
         got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise ValueError(f"{where}: expected a dict with 'imlist', 'qimlist' and 'gnd', got {got}")
     n_db, n_q = len(cfg["imlist"]), len(cfg["qimlist"])
     if len(cfg["gnd"]) != n_q:
         raise ValueError(f"{where}: {len(cfg['gnd'])} gnd entries for {n_q} queries in qimlist")
+    if cfg.get("qidx") is not None:
+        q = np.asarray(cfg["qidx"])
+        if q.shape != (n_q,) or (q.size and q.dtype.kind not in "iu"):
+            raise ValueError(f"{where}: 'qidx' must hold one integer db index per query ({n_q}), "
+                             f"got shape {q.shape} dtype {q.dtype}")
+        bad = [i for i, j in enumerate(q.tolist()) if not 0 <= j < n_db or cfg["imlist"][j] != cfg["qimlist"][i]]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"{where}: qidx[{i}] = {q[i]} does not point at query {cfg['qimlist'][i]!r} "
+                             f"in imlist ({len(bad)} such entries)")
     for i, g in enumerate(cfg["gnd"]):
         if not isinstance(g, dict):
             raise ValueError(f"{where}: gnd[{i}] must be a dict, got {type(g).__name__}")

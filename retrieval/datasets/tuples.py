@@ -233,7 +233,8 @@ class TuplesDataset(Dataset):
     """The images of training tuples: item ``i`` is a float32 tensor (T, 3, S, S).
 
     Every image of tuple ``tuples[i]`` (indices into ``split["paths"]``) is loaded (RGB), resized
-    so that its longer side is ``S = image_size``, normalised ``(x / 255 − mean) / std`` and then
+    as cirtorch's ``TuplesDataset`` does (:func:`~retrieval.datasets.images.resize_longer`: longer
+    side ``S = image_size`` by PIL's thumbnail rule, LANCZOS, smaller images kept), normalised ``(x / 255 − mean) / std`` and then
     zero-padded at the bottom / right to S × S (i.e. padded with the mean colour), so that the
     default collate stacks a batch to (B, T, 3, S, S).
 

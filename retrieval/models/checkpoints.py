@@ -1,4 +1,5 @@
-"""Published network checkpoints (cnnimageretrieval-pytorch layout) and torchvision ImageNet weights.
+"""Published network checkpoints (cnnimageretrieval-pytorch layout), ImageNet weights (torchvision's
+and cirtorch's caffe-converted features).
 
 A cirtorch checkpoint is a ``torch.save``d dict ``{"state_dict": ..., "meta": ...}``:
 
@@ -10,11 +11,11 @@ A cirtorch checkpoint is a ``torch.save``d dict ``{"state_dict": ..., "meta": ..
   ``mean``, ``std``, ``outputdim`` (the two ``retrievalSfM120k-*`` files may also carry ``Lw``,
   a post-processing whitening; it is not kept).
 
-Nothing is downloaded here: files are expected in :func:`networks_dir` (published networks) or the
-torch hub cache (torchvision weights). The hash in a filename follows the torch hub convention
-(``name-<first hex digits of the file's sha256>.pth``). torchvision checks its own prefixes on
-download; cirtorch loads its files without a hash check, so for those the convention is assumed,
-not confirmed upstream — ``verify=False`` skips the check.
+Nothing is downloaded here: files are expected in :func:`networks_dir` (published networks; the caffe
+features under ``networks/imagenet/``) or the torch hub cache (torchvision weights). The hash in a
+filename follows the torch hub convention (``name-<first hex digits of the file's sha256>.pth``).
+torchvision checks its own prefixes on download; cirtorch loads its files without a hash check, so
+for those the convention is assumed, not confirmed upstream — ``verify=False`` skips the check.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class TorchvisionWeights(NamedTuple):
 
 
 _TV = "https://download.pytorch.org/models"
-# Source: torchvision 0.29 ``<Arch>_Weights.IMAGENET1K_V1.url`` (the weights cirtorch started from).
+# Source: torchvision 0.29 ``<Arch>_Weights.IMAGENET1K_V1.url``. cirtorch starts from these only for
+# architectures without caffe features (ResNet-18/34 and others); its published VGG16 / ResNet-50/101/152
+# networks started from the caffe-converted backbones of :data:`CAFFE_FEATURES` instead.
 TORCHVISION_WEIGHTS: dict[str, TorchvisionWeights] = {
     "resnet18": TorchvisionWeights(f"{_TV}/resnet18-f37072fd.pth", "f37072fd"),
     "resnet34": TorchvisionWeights(f"{_TV}/resnet34-b627a593.pth", "b627a593"),
@@ -132,6 +135,31 @@ TORCHVISION_WEIGHTS: dict[str, TorchvisionWeights] = {
     "efficientnet_b3": TorchvisionWeights(f"{_TV}/efficientnet_b3_rwightman-b3899882.pth", "b3899882"),
     "shufflenet_v2_x0_5": TorchvisionWeights(f"{_TV}/shufflenetv2_x0.5-f707e7126e.pth", "f707e7126e"),
     "shufflenet_v2_x1_0": TorchvisionWeights(f"{_TV}/shufflenetv2_x1-5666bf0f80.pth", "5666bf0f80"),
+}
+
+class CaffeFeatures(NamedTuple):
+    """cirtorch's ImageNet backbone converted from caffe: a state dict of its ``features``
+    ``nn.Sequential`` (ResNet: ``0.weight`` … ``7.2.bn3.*``; VGG16: the convolutions without the last
+    max-pool), used with the same mean/std as the torchvision weights."""
+
+    url: str
+    sha256_prefix: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+_CAFFE = f"{_CIRTORCH}/imagenet"
+# Source: cnnimageretrieval-pytorch cirtorch/networks/imageretrievalnet.py FEATURES ("for some models,
+# we have imported features (convolutions) from caffe because the image retrieval performance is
+# higher for them"); init_network loads them into ``net.features``. The hex in each name is taken as
+# a sha256 prefix (torch hub convention; cirtorch's load_url does not check it).
+CAFFE_FEATURES: dict[str, CaffeFeatures] = {
+    "vgg16": CaffeFeatures(f"{_CAFFE}/imagenet-caffe-vgg16-features-d369c8e.pth", "d369c8e"),
+    "resnet50": CaffeFeatures(f"{_CAFFE}/imagenet-caffe-resnet50-features-ac468af.pth", "ac468af"),
+    "resnet101": CaffeFeatures(f"{_CAFFE}/imagenet-caffe-resnet101-features-10a101d.pth", "10a101d"),
+    "resnet152": CaffeFeatures(f"{_CAFFE}/imagenet-caffe-resnet152-features-1011020.pth", "1011020"),
 }
 
 # meta keys of a published checkpoint, in cirtorch's order
@@ -219,7 +247,7 @@ def _unsupported(meta: Mapping, sd: Mapping) -> list[str]:
     return parts
 
 
-def _check_fit(sd: Mapping, expected: Mapping, what: str) -> None:
+def _check_fit(sd: Mapping, expected: Mapping, what: str, why: str = ", as its meta says") -> None:
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(expected[k].shape)}"
@@ -227,7 +255,7 @@ def _check_fit(sd: Mapping, expected: Mapping, what: str) -> None:
     if missing or unexpected or shapes:
         def show(items):
             return f"{len(items)} (e.g. {', '.join(items[:3])})" if items else "0"
-        raise ValueError(f"checkpoint weights do not fit {what}, as its meta says: missing {show(missing)}; "
+        raise ValueError(f"checkpoint weights do not fit {what}{why}: missing {show(missing)}; "
                          f"unexpected {show(unexpected)}; wrong shape {show(shapes)}")
 
 
@@ -356,7 +384,57 @@ def load_torchvision_weights(backbone: str, path: str | os.PathLike | None = Non
     return dict(sd)
 
 
-__all__ = ["CIRTORCH_META_KEYS", "PUBLISHED", "PublishedNet", "TORCHVISION_WEIGHTS", "TorchvisionWeights",
+# --------------------------------------------------------------------------- caffe features
+def caffe_features_path(backbone: str) -> Path:
+    """Where cirtorch's caffe ImageNet features of ``backbone`` are expected:
+    ``networks_dir()/imagenet/<filename from its URL>`` (``download imagenet-caffe-<backbone>``)."""
+    if backbone not in CAFFE_FEATURES:
+        raise ValueError(f"cirtorch publishes caffe features only for {sorted(CAFFE_FEATURES)}, not {backbone!r}")
+    return networks_dir() / "imagenet" / CAFFE_FEATURES[backbone].filename
+
+
+def load_caffe_features(net: GlobalNet, path: str | os.PathLike | None = None, verify: bool = True) -> GlobalNet:
+    """Load cirtorch's caffe-converted ImageNet features into ``net.features`` (in place; returns
+    ``net``), as cirtorch's ``init_network`` does for vgg16 / resnet50/101/152.
+
+    ``path``: default :func:`caffe_features_path` of ``net.meta['backbone']``; ``verify``: check
+    the file's sha256 against the prefix of :data:`CAFFE_FEATURES` (a file for another backbone
+    needs ``verify=False``). Keys must match ``net.features.state_dict()`` exactly (a ``module.``
+    prefix is dropped; BatchNorm ``num_batches_tracked``, absent from old files, is set to 0):
+    ValueError naming the missing, unexpected and wrongly shaped keys otherwise.
+    """
+    backbone = net.meta.get("backbone")
+    entry = CAFFE_FEATURES.get(backbone)
+    if path is None:
+        path = caffe_features_path(backbone)
+    path = Path(path)
+    if not path.is_file():
+        hint = f": download it from {entry.url}" if entry else ""
+        raise FileNotFoundError(f"caffe ImageNet features for {backbone!r} not found at {path}{hint}")
+    if verify:
+        if entry is None:
+            raise ValueError(f"no published caffe features for {backbone!r} to verify {path} against "
+                             f"(known: {sorted(CAFFE_FEATURES)}); pass verify=False to load it unchecked")
+        verify_file(path, entry.sha256_prefix)
+    sd = read_checkpoint(path, trusted=verify)
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (expected cirtorch's `features` weights)")
+    sd = _strip_prefix(dict(sd))
+    expected = net.features.state_dict()
+    for k in expected:  # old (PyTorch < 0.4.1) files: no BatchNorm batch counter
+        if k.endswith(".num_batches_tracked") and k not in sd and k[:-19] + "running_mean" in sd:
+            sd[k] = torch.zeros((), dtype=torch.long)
+    try:
+        _check_fit(sd, expected, f"the features of a {backbone} network", why=" (strict key check)")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    net.features.load_state_dict(sd, strict=True)
+    net.meta.update(weights=path.stem, trained=True)
+    return net
+
+
+__all__ = ["CAFFE_FEATURES", "CIRTORCH_META_KEYS", "CaffeFeatures", "PUBLISHED", "PublishedNet",
+           "TORCHVISION_WEIGHTS", "TorchvisionWeights", "caffe_features_path", "load_caffe_features",
            "load_checkpoint_dict", "load_published", "load_torchvision_weights", "networks_dir",
            "published_path", "read_checkpoint", "save_cirtorch_checkpoint", "sha256_file",
            "torchvision_weights_path", "verify_file"]

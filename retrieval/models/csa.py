@@ -241,7 +241,9 @@ def csa_loss(tokens: torch.Tensor, recon: torch.Tensor, aff: torch.Tensor, posit
     tokens (B, N, dim) L2-normalised (N = K+1, token 0 the query), recon and aff (B, N, L),
     positives (B, N) bool with ``positives[:, 0]`` True. With s_i = <token_0, token_i> over all N
     items (s_0 = 1): mean_b −log(Σ_{i∈pos} exp(s_i/t) / Σ_i exp(s_i/t)) + alpha ·
-    mean_{b,i} ‖L2(aff_{b,i}) − L2(recon_{b,i})‖² (squared error per row, averaged over rows).
+    mean_{b,i} sqrt(clamp(‖L2(aff_{b,i}) − L2(recon_{b,i})‖², 1e-4, 1e4)): the reconstruction term
+    is the per-row Euclidean *distance* (clamped as in the authors' ``RerankTransformer.forward``),
+    the term their alpha = 0.2 was tuned for, not its square.
     """
     if tokens.ndim != 3 or recon.ndim != 3 or aff.shape != recon.shape or tokens.shape[:2] != aff.shape[:2]:
         raise ValueError(f"shape mismatch: tokens {tuple(tokens.shape)}, recon {tuple(recon.shape)}, "
@@ -256,8 +258,8 @@ def csa_loss(tokens: torch.Tensor, recon: torch.Tensor, aff: torch.Tensor, posit
     logits = torch.einsum("bd,bnd->bn", tokens[:, 0], tokens) / temperature
     pos = logits.masked_fill(~positives.to(logits.device), float("-inf"))
     contrastive = (torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)).mean()
-    mse = (F.normalize(aff, dim=-1) - F.normalize(recon, dim=-1)).pow(2).sum(-1).mean()
-    return contrastive + alpha * mse
+    sq = (F.normalize(aff, dim=-1) - F.normalize(recon, dim=-1)).pow(2).sum(-1)   # (B, N)
+    return contrastive + alpha * sq.clamp(1e-4, 1e4).sqrt().mean()
 
 
 # --------------------------------------------------------------------------- re-ranking
@@ -372,6 +374,9 @@ class CSALists(torch.utils.data.Dataset):
     of ``features`` (N, D). Item i is ``(aff (K+1, L), positives (K+1,) bool)``: the query then its
     K candidates in a random order (seeded by ``seed``, epoch and i; the query stays first), the L
     anchors are the query and its top L−1 results in rank order, positives share the query's label.
+    ``K`` counts candidates only; the authors' training ``--topk`` counts the query too (their
+    ``RerankDataset_TopKSIM`` takes the top ``topk`` of the self-similarity, the query first), so
+    their ``topk=512`` is ``K=511`` here (``L`` counts the query in both).
     """
 
     def __init__(self, features, labels, K: int = 512, L: int = 512, seed: int = 0, shuffle: bool = True):
