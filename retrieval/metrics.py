@@ -195,6 +195,23 @@ def result_protocols(result: Mapping) -> tuple[str, ...]:
     return found
 
 
+def label_map(vecs, labels) -> float:
+    """Leave-one-out mAP of descriptors ``vecs`` (N, D) with class ``labels`` (N,): each item
+    queries the N − 1 others by inner product, positives share its label (items alone in their
+    class are skipped), AP as :func:`compute_map`. For choosing options on a labelled validation
+    split without touching the test set."""
+    x = np.asarray(vecs, dtype=np.float32)
+    labels = np.asarray(labels).ravel()
+    if x.ndim != 2 or labels.shape != (x.shape[0],) or x.shape[0] < 2:
+        raise ValueError(f"vecs (N >= 2, D) and labels (N,) expected, got {x.shape} and {labels.shape}")
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    ranks = np.argsort(-sims, axis=1, kind="stable")[:, :-1].T        # (N - 1, N): itself last, dropped
+    gnd = [{"ok": np.flatnonzero((labels == labels[i]) & (np.arange(len(labels)) != i))}
+           for i in range(len(labels))]
+    return compute_map(ranks, gnd, kappas=())[0]
+
+
 def protocol_gnd(gnd, protocol: str):
     """gnd -> list of ``{ok, junk}`` (int64 arrays) for one protocol.
 

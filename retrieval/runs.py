@@ -52,6 +52,29 @@ def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, result
     return atomic_write_json(resolve(run_dir) / "metrics.json", metrics)
 
 
+def whitening_path(run_dir: str | os.PathLike, network: str, shrinkage: float | str = "val") -> tuple[Path, float]:
+    """The learned whitening 02_train_global saved for ``network`` and its shrinkage:
+    ``<run_dir>/train_global/whitening_lw<α>_<network>.npz``; ``shrinkage="val"`` takes the α that 02
+    chose on the val split (:func:`record_whitening_choice`). Returns ``(path, α)``."""
+    folder = resolve(run_dir) / "train_global"
+    if shrinkage == "val":
+        choice = folder / f"whitening_{network}.json"
+        if not choice.is_file():
+            raise FileNotFoundError(f"{choice} not found: run 02_train_global for {network} "
+                                    "(or pass a number as lw_shrinkage)")
+        shrinkage = float(json.loads(choice.read_text())["shrinkage"])
+    alpha = float(shrinkage)
+    return folder / f"whitening_lw{alpha:g}_{network}.npz", alpha
+
+
+def record_whitening_choice(run_dir: str | os.PathLike, network: str, shrinkage: float, val_map: dict) -> Path:
+    """Record the learned-whitening shrinkage 02_train_global chose for ``network`` on the val split
+    (``val_map``: α → val mAP), read back by :func:`whitening_path`."""
+    path = resolve(run_dir) / "train_global" / f"whitening_{network}.json"
+    atomic_write_json(path, {"shrinkage": float(shrinkage), "val_map": {f"{a:g}": float(m) for a, m in val_map.items()}})
+    return path
+
+
 def ranks_path(run_dir: str | os.PathLike, dataset: str, method: str) -> Path:
     """``<run_dir>/ranks/<dataset>/<method>.npz`` (``/`` in a method name becomes ``_``)."""
     if not method or not dataset:

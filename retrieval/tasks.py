@@ -24,7 +24,8 @@ from .train import TrainConfig, barrier, fit, init_distributed, is_main, sharded
 GLOBAL_DEFAULTS = dict(
     train_set="synth", preset="default", root=None,  # SfM-120k-format training data under <root>/train
     backbone="resnet101", pooling="gem", whitening=False,  # whitening: FC layer in the network
-    weights=None,              # torchvision backbone weights, e.g. "IMAGENET1K_V1" (None: random init)
+    weights=None,              # pretrained backbone: "imagenet" (EfficientNet-Lite), torchvision's "IMAGENET1K_V1"; None: random
+    frozen_bn=None,            # keep BatchNorm statistics (cirtorch); None: frozen when starting from weights
     loss="contrastive", margin=0.7,
     epochs=100, batch_size=5, optimizer="adamw", lr=1e-6, weight_decay=1e-6,  # fine-tuning (cirtorch)
     image_size=362,            # training images: longer side (cirtorch: 362), padded to square
@@ -72,6 +73,9 @@ def global_tuples(config: dict):
     seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     init_distributed(cfg["device"])  # under torchrun: one rank renders the data, the others wait
     model = build_global_net(cfg["backbone"], cfg["pooling"], whitening=cfg["whitening"], weights=cfg["weights"])
+    # cirtorch freezes BatchNorm always (it always starts from ImageNet); from random init the
+    # statistics must be learned, hence the default
+    model.frozen_bn = bool(cfg["weights"] is not None if cfg["frozen_bn"] is None else cfg["frozen_bn"])
     split = _train_split(cfg)["train"]
     miner = TupleMiner(split, qsize=cfg["qsize"], poolsize=cfg["poolsize"], nnum=cfg["nnum"],
                        seed=cfg["seed"], mode=cfg["mining"])

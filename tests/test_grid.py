@@ -76,6 +76,7 @@ def test_wrong_parameter_type_is_refused_before_running(toy, tmp_path, capsys):
 
 def test_real_notebook_on_the_tiny_preset(tmp_path):
     res = G.run_grid("notebooks/01_extract_features.ipynb", {"pooling": ["mac"]}, out=tmp_path / "g",
+                     parameters={"backbone": "resnet18", "weights": None, "poolings": ["mac"]},  # one row
                      profile="smoke", log=lambda *a: None)
     assert res["done"] == ["pooling=mac"], res["failed"]
     (row,) = res["rows"]

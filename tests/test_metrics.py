@@ -451,3 +451,31 @@ def test_format_map_table_rows_and_extra_columns():
     assert lines[0].split() == ["method", "E", "M", "H", "ms/img", "dim"]
     assert lines[1].split() == ["a", "50.00", "25.00", "12.50", "3.14", "512"]
     assert lines[2].split() == ["long-name", "100.00", "0.00", "50.00", "-", "64"]
+
+
+def test_label_map_equals_a_loop():
+    """Leave-one-out mAP on a labelled split: each item against the others, positives its class."""
+    from retrieval.metrics import label_map
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 30)
+    x = rng.standard_normal((30, 8)).astype(np.float32) + 2.0 * np.eye(8, dtype=np.float32)[labels]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    aps = []
+    for i in range(30):
+        others = [j for j in range(30) if j != i]
+        order = sorted(others, key=lambda j: (-float(x[i] @ x[j]), j))
+        hits = [labels[j] == labels[i] for j in order]
+        if not any(hits):
+            continue
+        npos, found, ap = sum(hits), 0, 0.0
+        for r, h in enumerate(hits):       # trapezoid rule, as revisitop
+            if h:
+                p0 = 1.0 if r == 0 else found / r
+                found += 1
+                ap += (p0 + found / (r + 1)) / 2 / npos
+        aps.append(ap)
+    assert label_map(x, labels) == pytest.approx(np.mean(aps), abs=1e-12)
+    assert label_map(x, labels) > label_map(x, rng.permutation(labels))
+    with pytest.raises(ValueError, match="labels"):
+        label_map(x, labels[:5])

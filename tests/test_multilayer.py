@@ -57,7 +57,7 @@ def test_bad_layers(net):
         MultiLayerNet(net.features, ())
     with pytest.raises(ValueError, match="one value per layer"):
         MultiLayerNet(net.features, ("layer3", "layer4"), weights=[1.0])
-    with pytest.raises(ValueError, match="ResNet trunk"):
+    with pytest.raises(ValueError, match="trunk of 8 modules"):
         MultiLayerNet(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), ("layer4",))
 
 

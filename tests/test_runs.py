@@ -64,7 +64,8 @@ def test_papermill_runs_a_notebook_with_overridden_parameters(tmp_path, monkeypa
     """The path `make demo` takes: papermill injects parameters, the notebook writes metrics.json."""
     monkeypatch.delenv("RETRIEVAL_PROFILE", raising=False)
     metrics = runs.run_notebooks(tmp_path / "run", profile="smoke", only=["01"], progress=False,
-                                 parameters={"pooling": "mac", "fig_dir": str(tmp_path / "fig")})
+                                 parameters={"pooling": "mac", "backbone": "resnet18", "weights": None,
+                                             "poolings": ["mac"], "fig_dir": str(tmp_path / "fig")})
     assert list(metrics) == ["synth-tiny"]  # the smoke profile picked the tiny preset
     res = metrics["synth-tiny"]["mac-resnet18-untrained"]
     assert set(res) == set(runs.PROTOCOLS)
@@ -72,3 +73,14 @@ def test_papermill_runs_a_notebook_with_overridden_parameters(tmp_path, monkeypa
     assert (tmp_path / "run" / "01_extract_features.ipynb").is_file()
     assert (tmp_path / "fig" / "01_per_query_ap.png").stat().st_size > 0
     assert "RETRIEVAL_PROFILE" not in __import__("os").environ  # restored
+
+
+def test_whitening_choice_round_trip(tmp_path):
+    from retrieval.runs import record_whitening_choice, whitening_path
+
+    with pytest.raises(FileNotFoundError, match="02_train_global"):
+        whitening_path(tmp_path, "gem-x", "val")
+    record_whitening_choice(tmp_path, "gem-x", 0.25, {0.0: 0.4, 0.25: 0.5})
+    path, alpha = whitening_path(tmp_path, "gem-x", "val")
+    assert alpha == 0.25 and path == tmp_path / "train_global" / "whitening_lw0.25_gem-x.npz"
+    assert whitening_path(tmp_path, "gem-x", 0.5) == (tmp_path / "train_global" / "whitening_lw0.5_gem-x.npz", 0.5)

@@ -350,6 +350,8 @@ def save_cirtorch_checkpoint(net: GlobalNet, path: str | os.PathLike, **extra: A
                 whitening=net.whiten is not None, mean=[float(v) for v in m["mean"]],
                 std=[float(v) for v in m["std"]], outputdim=int(m["outputdim"]),
                 trained=bool(m.get("trained", False)))
+    if m.get("weights") is not None:  # the pretrained start, for the name of a network not fine-tuned
+        meta["weights"] = m["weights"]
     if m.get("name") is not None:
         meta["name"] = m["name"]
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}

@@ -10,11 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, normalisation  # noqa: F401
 from .pooling import L2N, build_pooling
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GlobalNet(nn.Module):
@@ -22,8 +19,8 @@ class GlobalNet(nn.Module):
     (B, D), L2-normalised. ``whiten`` (optional) is a trainable ``nn.Linear`` applied after the
     pooled descriptor's L2 normalisation, followed by another L2.
 
-    ``meta`` records what built the network (backbone, pooling, dim, outputdim, mean/std, weights,
-    trained, whitening).
+    ``meta`` records what built the network (backbone, pooling, dim, outputdim, mean/std, weights:
+    the pretrained start, trained: fine-tuned for retrieval, whitening).
     """
 
     def __init__(self, features: nn.Module, pool: nn.Module, meta: dict, whiten: nn.Module | None = None):
@@ -33,6 +30,18 @@ class GlobalNet(nn.Module):
         self.norm = L2N()
         self.whiten = whiten
         self.meta = meta
+        self.frozen_bn = False  # training option: keep the backbone's BatchNorm statistics (see train)
+
+    def train(self, mode: bool = True) -> "GlobalNet":
+        """As ``nn.Module.train``; with ``frozen_bn`` the backbone's BatchNorm layers stay in eval
+        mode (running statistics fixed, affine parameters still trained), as cirtorch fine-tunes
+        (``set_batchnorm_eval``): batches of a few correlated tuples would spoil ImageNet statistics."""
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.features.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.norm(self.pool(self.features(x)))
@@ -45,8 +54,8 @@ class GlobalNet(nn.Module):
         m = self.meta
         if m.get("name"):  # published or named networks
             return m["name"]
-        return (f"{m['pooling']}-{m['backbone']}" + ("-w" if m.get("whitening") else "")
-                + ("" if m.get("trained") else "-untrained"))
+        start = "" if m.get("trained") else "-imagenet" if m.get("weights") else "-untrained"
+        return f"{m['pooling']}-{m['backbone']}" + ("-w" if m.get("whitening") else "") + start
 
 
 def build_global_net(backbone: str = "resnet101", pooling: str = "gem", p: float = 3.0,
@@ -55,14 +64,19 @@ def build_global_net(backbone: str = "resnet101", pooling: str = "gem", p: float
     """A global network with paper defaults (ResNet-101 + GeM, p = 3 learnable).
 
     ``whitening``: False (none), True (a trainable FC layer D → D) or an int output dimension.
-    ``weights``: torchvision backbone weights (``None``: random init, seed torch first).
+    ``weights``: pretrained backbone weights (torchvision's name, e.g. ``"IMAGENET1K_V1"``, or
+    ``"imagenet"`` for EfficientNet-Lite; ``None``: random init, seed torch first). ``meta['mean'/'std']``
+    is the backbone's input normalisation (:func:`~retrieval.models.backbones.normalisation`);
+    ``trained`` is False until a task fine-tunes the network (its name ends in ``-imagenet`` or
+    ``-untrained`` until then).
     """
     features, dim = build_backbone(backbone, weights)
     kwargs = dict(p=p, learn_p=learn_p) if pooling == "gem" else {}
     pool = build_pooling(pooling, **kwargs)
     out_dim = dim if whitening is True else int(whitening) if whitening else dim
     whiten = nn.Linear(dim, out_dim, bias=True) if whitening else None
+    mean, std = normalisation(backbone)
     meta = dict(backbone=backbone, pooling=pooling, dim=dim, outputdim=out_dim,
-                whitening=bool(whitening), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                weights=weights, trained=weights is not None, p=p if pooling == "gem" else None)
+                whitening=bool(whitening), mean=mean, std=std,
+                weights=weights, trained=False, p=p if pooling == "gem" else None)
     return GlobalNet(features, pool, meta, whiten)

@@ -92,7 +92,8 @@ class QueryNet(nn.Module):
     @property
     def name(self) -> str:
         m = self.meta
-        return m.get("name") or f"gem-{m['backbone']}-q{m['outputdim']}" + ("" if m.get("trained") else "-untrained")
+        start = "" if m.get("trained") else "-imagenet" if m.get("weights") else "-untrained"
+        return m.get("name") or f"gem-{m['backbone']}-q{m['outputdim']}" + start
 
 
 def build_query_net(backbone: str = "mobilenet_v2", dim: int = 2048, classes: int = 0, transform: bool = False,
@@ -100,7 +101,7 @@ def build_query_net(backbone: str = "mobilenet_v2", dim: int = 2048, classes: in
     """A query network with the SSP paper's defaults: MobileNetV2 + GeM (p = 3, learned) + L2 + a
     linear projection to the gallery dimension ``dim`` (2048 for the ResNet-101 gallery networks)
     + L2. ``classes`` > 0 adds a new classification head (C, dim); ``transform`` an LCE residual
-    transformation. ``weights``: torchvision backbone weights (``None``: random init; seed torch)."""
+    transformation. ``weights``: pretrained backbone weights (as :func:`build_global_net`; ``None``: random init; seed torch)."""
     if int(dim) < 1:
         raise ValueError(f"dim must be a positive gallery dimension, got {dim}")
     if int(classes) < 0:

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import build_backbone, normalisation, trunk_blocks
 from .csa import DropPath, Mlp
-from .global_net import IMAGENET_MEAN, IMAGENET_STD
 
 MARGIN_LOSSES = ("arcface", "cosface")
 
@@ -172,15 +171,19 @@ class TokenRefine(nn.Module):
 
 
 class ResNetBlocks(nn.Module):
-    """A torchvision ResNet cut before its pooling, as ``block1`` (conv1, bn1, relu, maxpool) and
-    ``block2..5`` (layer1..4), the released Token layout. (B, 3, H, W) → (B, C, H/32, W/32)."""
+    """A backbone trunk cut before its pooling as five blocks ``block1..5`` (strides 2/4, 4, 8, 16,
+    32; :func:`~retrieval.models.backbones.trunk_blocks`): on a torchvision ResNet, ``block1`` =
+    conv1, bn1, relu, maxpool and ``block2..5`` = layer1..4, the released Token layout; on
+    EfficientNet-Lite, its stages grouped by stride. (B, 3, H, W) → (B, C, H/32, W/32)."""
 
-    def __init__(self, features: nn.Sequential):
+    def __init__(self, features: nn.Sequential, blocks=((0, 4), (4, 5), (5, 6), (6, 7), (7, 8))):
         super().__init__()
-        if len(features) != 8:
-            raise ValueError(f"expected a ResNet cut before its pooling (8 children), got {len(features)}")
-        self.block1 = features[:4]
-        self.block2, self.block3, self.block4, self.block5 = features[4], features[5], features[6], features[7]
+        if len(features) != blocks[-1][1]:
+            raise ValueError(f"expected a trunk of {blocks[-1][1]} children for the blocks {blocks}, "
+                             f"got {len(features)}")
+        for b, (start, stop) in enumerate(blocks, start=1):
+            parts = list(features)[start:stop]  # renumbered from 0 (block1.0, block1.1, ... as released)
+            setattr(self, f"block{b}", parts[0] if len(parts) == 1 else nn.Sequential(*parts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for b in (self.block1, self.block2, self.block3, self.block4, self.block5):
@@ -267,8 +270,9 @@ def build_token(backbone: str = "resnet101", dim: int = 1024, tokens: int = 4, h
     """A Token network with the paper's defaults (ResNet-101, d = 1024, L = 4 tokens, 8 heads, one
     LFSA layer, 2 refinement layers, D = 1024; ArcFace with scale √D and margin 0.2 when
     ``classes`` is given). ``weights``: torchvision backbone weights (None: random init)."""
-    if not backbone.startswith("resnet"):
-        raise ValueError(f"backbone={backbone!r}: Token is built on a torchvision ResNet (resnet18 ... resnet152)")
+    if not backbone.startswith(("resnet", "efficientnet_lite")):
+        raise ValueError(f"backbone={backbone!r}: Token is built on a torchvision ResNet (resnet18 ... resnet152) "
+                         "or an EfficientNet-Lite (efficientnet_lite0/1/2)")
     for what, v in (("dim", dim), ("tokens", tokens), ("heads", heads), ("outputdim", outputdim),
                      ("decoder_layers", decoder_layers + 1), ("encoder_layers", encoder_layers + 1)):
         if int(v) != v or v < 1:
@@ -278,16 +282,28 @@ def build_token(backbone: str = "resnet101", dim: int = 1024, tokens: int = 4, h
                      drop=drop, attn_drop=attn_drop, drop_path=drop_path)
     scale = math.sqrt(outputdim) if scale is None else float(scale)
     head = MarginHead(outputdim, classes, scale, margin, loss) if classes else None
+    mean, std = normalisation(backbone)
     meta = dict(name=name or f"token-{backbone}", backbone=backbone, dim=dim, tokens=tokens, heads=heads,
                 encoder_layers=encoder_layers, decoder_layers=decoder_layers, outputdim=outputdim,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=weights, trained=False)
-    return Token(ResNetBlocks(features), tr, meta, head, train_blocks)
+                mean=mean, std=std, weights=weights, trained=False)
+    return Token(ResNetBlocks(features, trunk_blocks(backbone)), tr, meta, head, train_blocks)
 
 
 # --------------------------------------------------------------------------- checkpoints
-# cirtorch / GlobalNet backbone index → released Token block
+# cirtorch / GlobalNet backbone index → released Token block (ResNet)
 GLOBAL_TO_TOKEN_BACKBONE = {"features.0.": "block1.0.", "features.1.": "block1.1.", "features.4.": "block2.",
                             "features.5.": "block3.", "features.6.": "block4.", "features.7.": "block5."}
+
+
+def global_to_token_keys(backbone: str) -> dict[str, str]:
+    """GlobalNet ``features.i.`` key prefixes → Token ``blockN[.j].`` prefixes for ``backbone``
+    (:data:`GLOBAL_TO_TOKEN_BACKBONE` on a ResNet; EfficientNet-Lite by its
+    :func:`~retrieval.models.backbones.trunk_blocks`)."""
+    out = {}
+    for b, (start, stop) in enumerate(trunk_blocks(backbone), start=1):
+        for i in range(start, stop):
+            out[f"features.{i}."] = f"block{b}." + ("" if stop - start == 1 else f"{i - start}.")
+    return out
 
 
 def _unwrap_state_dict(sd: Mapping) -> dict:
@@ -339,7 +355,7 @@ def init_backbone_from_global(model: Token, state_dict: Mapping) -> Token:
     sd = _unwrap_state_dict(state_dict)
     mapped = {}
     for k, v in sd.items():
-        for src, dst in GLOBAL_TO_TOKEN_BACKBONE.items():
+        for src, dst in global_to_token_keys(model.meta.get("backbone", "resnet")).items():
             if k.startswith(src):
                 mapped[dst + k[len(src):]] = v
     missing, unexpected = model.backbone.load_state_dict(mapped, strict=False)
