@@ -232,6 +232,7 @@ ASYM_DEFAULTS = dict(
     loss_options=None,         # keyword arguments of that loss (None: its paper defaults, e.g. ssp scale 10 = 1/τ)
     backbone="mobilenet_v2", weights=None, p=3.0,  # query network (SSP paper: MobileNetV2, EfficientNet-B3)
     init=None,                 # a trained global network (.pth) of the same backbone to start from (distillation)
+    frozen_bn=None,            # keep the backbone's BatchNorm statistics; None: frozen when starting from weights or init
     gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
     anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
     train_images=None,         # a fixed seeded subset of that many training images (train_subset); None: all.
@@ -411,6 +412,9 @@ def asym_distill(config: dict):
     model.meta["name"] = f"{method}-{cfg['backbone']}"
     if cfg["init"]:
         init_query_net(model, cfg["init"])
+    # as in global training: pretrained statistics stay (small batches of one split would spoil them)
+    model.net.frozen_bn = bool(cfg["weights"] is not None or cfg["init"] is not None
+                               if cfg["frozen_bn"] is None else cfg["frozen_bn"])
     options = dict(cfg["loss_options"] or {})
     if method == "ssp":
         if cfg["anchors"] is None:

@@ -98,9 +98,22 @@ def test_each_method_gives_a_finite_loss_with_gradients(setup, method):
     assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.net.whiten.weight.grad is not None and model.net.pool.p.grad is not None
+    assert model.net.frozen_bn is False                    # random init: BatchNorm statistics are learned
     if method in ("hvs", "lce"):
         assert model.head.grad is not None
     assert model.meta["name"] == f"{method}-mobilenet_v3_small"
+
+
+def test_pretrained_query_network_keeps_batchnorm_statistics(setup):
+    model, _, _ = asym_distill(asym_config(**dict(setup, backbone="efficientnet_lite0"), method="regression",
+                                           weights="imagenet"))
+    assert model.net.frozen_bn is True
+    model.train()
+    bns = [m for m in model.net.features.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns) and model.net.whiten.training
+    model, _, _ = asym_distill(asym_config(**dict(setup, backbone="efficientnet_lite0"), method="regression",
+                                           weights="imagenet", frozen_bn=False))
+    assert model.net.frozen_bn is False
 
 
 def test_task_errors(setup):

@@ -172,3 +172,19 @@ def test_token_on_lite_starts_from_the_global_network():
     assert keys["features.0."] == "block1.0." and keys["features.4."] == "block3." and keys["features.10."] == "block5.3."
     with pytest.raises(ValueError, match="ResNet"):
         build_token("mobilenet_v2")
+
+
+def test_imagenet_means_torchvision_weights_for_other_backbones(monkeypatch):
+    import torchvision
+
+    seen = []
+    real = torchvision.models.resnet18
+
+    def spy(weights=None):
+        seen.append(weights)
+        return real(weights=None)
+
+    monkeypatch.setattr(torchvision.models, "resnet18", spy)
+    build_backbone("resnet18", "imagenet")
+    build_backbone("resnet18", None)
+    assert seen == ["IMAGENET1K_V1", None]

