@@ -542,7 +542,9 @@ def _check_task(saved: dict | None, task: dict | None, path) -> None:
     if saved is None:
         warnings.warn(f"{path}: checkpoint has no task record (older version); cannot check it matches {task}")
         return
-    diff = {k: (saved.get(k), task.get(k)) for k in sorted(set(saved) | set(task)) if saved.get(k) != task.get(k)}
+    absent = "<absent>"  # an option the checkpoint's version did not have shows as such, not as None
+    diff = {k: (saved.get(k, absent), task.get(k, absent)) for k in sorted(set(saved) | set(task))
+            if saved.get(k, absent) != task.get(k, absent)}
     raise ValueError(f"{path}: checkpoint of another experiment (saved, now): {diff}; "
                      "train into another out_dir, or set resume=False to start again")
 

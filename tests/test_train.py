@@ -408,6 +408,10 @@ def test_resume_refuses_another_task(toy, tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint of another experiment.*'lists_sha1': \('aa', 'bb'\)"):
         fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=2, resume=True),
             task={"lists_sha1": "bb", "K": 8})
+    # an option the saved task lacks (a newer version's) is named, even when its new value is None
+    with pytest.raises(ValueError, match=r"'frozen_bn': \('<absent>', None\)"):
+        fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=2, resume=True),
+            task={"lists_sha1": "aa", "K": 8, "frozen_bn": None})
     hist = fit(toy.make_model(0), toy.make_data(), toy.mse, sgd_cfg(out, epochs=2, resume=True),
                task={"lists_sha1": "aa", "K": 8})
     assert [r["epoch"] for r in hist] == [0, 1]
