@@ -265,6 +265,36 @@ def evaluate(ranks, gnd, kappas=(1, 5, 10)):
     return res
 
 
+def topk_oracle(ranks, gnd, K: int, protocol: str = "medium") -> np.ndarray:
+    """The best any re-ranking of the top-``K`` can do: ``ranks`` (n_ranked, nq) with, in each
+    query's first K rows, that protocol's positives moved ahead of the other images (both keeping
+    their first-stage order); rows K… unchanged. Evaluating it bounds what a top-K re-ranker
+    (CSA, SuperGlobal) can reach on that protocol, and shows how much of the gap to a global
+    method (DBA, diffusion) comes from positives ranked below K."""
+    ranks = np.array(ranks, dtype=np.int64, copy=True)
+    if ranks.ndim != 2 or ranks.shape[1] != len(gnd):
+        raise ValueError(f"ranks must be (n_ranked, {len(gnd)}) for {len(gnd)} queries, got {ranks.shape}")
+    if int(K) < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    for i, g in enumerate(protocol_gnd(gnd, protocol)):
+        top = ranks[:K, i]
+        hit = np.isin(top, g["ok"])
+        ranks[:K, i] = np.concatenate([top[hit], top[~hit]])
+    return ranks
+
+
+def random_ranking(gnd, n_db: int, trials: int = 5, seed: int = 0, kappas=(1, 5, 10)) -> dict:
+    """The chance level of :func:`evaluate`: its result (same shape) averaged over ``trials``
+    seeded uniformly random rankings of the ``n_db`` db images for every query. The floor a
+    trained method must clear by a wide margin to mean anything."""
+    if int(trials) < 1 or int(n_db) < 1:
+        raise ValueError(f"trials and n_db must be >= 1, got {trials}, {n_db}")
+    rng = np.random.default_rng(seed)
+    runs = [evaluate(np.stack([rng.permutation(int(n_db)) for _ in range(len(gnd))], 1), gnd, kappas)
+            for _ in range(int(trials))]
+    return {p: {k: float(np.mean([r[p][k] for r in runs])) for k in runs[0][p]} for p in runs[0]}
+
+
 def _columns(results: Mapping) -> list[str]:
     """Protocols present in any of ``results`` (method → evaluate() result), in table order."""
     found = {p for res in results.values() for p in result_protocols(res)}

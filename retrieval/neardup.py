@@ -13,11 +13,13 @@ import numpy as np
 __all__ = ["pair_scores", "threshold_table", "pr_curve", "threshold_at_precision"]
 
 
-def pair_scores(X, groups) -> tuple[np.ndarray, np.ndarray]:
+def pair_scores(X, groups, unrelated_pairs: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity and same-origin flag of every pair i < j.
 
     X (N, D) L2-normalised descriptors, groups (N,) int (−1: no origin). Returns ``scores``
-    (N(N−1)/2,) float64 and ``same`` (N(N−1)/2,) bool, in ``np.triu_indices(N, 1)`` order.
+    (P,) float64 and ``same`` (P,) bool, in ``np.triu_indices(N, 1)`` order: all N(N−1)/2 pairs,
+    or with ``unrelated_pairs=False`` only those with at least one image of an origin (pairs of
+    two origin-less images left out).
     """
     X = np.asarray(X, dtype=np.float64)
     g = np.asarray(groups)
@@ -28,6 +30,9 @@ def pair_scores(X, groups) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or Inf")
     i, j = np.triu_indices(X.shape[0], 1)
+    if not unrelated_pairs:
+        keep = (g[i] >= 0) | (g[j] >= 0)
+        i, j = i[keep], j[keep]
     S = X @ X.T
     return S[i, j], (g[i] == g[j]) & (g[i] >= 0)
 

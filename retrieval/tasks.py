@@ -233,6 +233,8 @@ ASYM_DEFAULTS = dict(
     backbone="mobilenet_v2", weights=None, p=3.0,  # query network (SSP paper: MobileNetV2, EfficientNet-B3)
     init=None,                 # a trained global network (.pth) of the same backbone to start from (distillation)
     frozen_bn=None,            # keep the backbone's BatchNorm statistics; None: frozen when starting from weights or init
+    head_init=None,            # the projection's start: None, random (the papers); "ridge": the ridge-regression fit of the
+    head_ridge=0.1,            # gallery descriptors on the query backbone's own (models.init_projection), with this penalty
     gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
     anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
     train_images=None,         # a fixed seeded subset of that many training images (train_subset); None: all.
@@ -365,6 +367,26 @@ def init_query_net(model, path) -> None:
             proj.bias.zero_()
 
 
+_POOLED: dict = {}  # (backbone+pool fingerprint, size, paths) -> (N, D_in): shared by the methods of one process
+
+
+def _pooled_train(model, paths: list, size: int, device) -> "np.ndarray":
+    """The query network's pooled descriptors (before the projection) of the training images at
+    ``size`` (test-time resizing), for ``head_init='ridge'``; computed once per process for every
+    method starting from the same backbone weights."""
+    from .extract import model_fingerprint
+    from .models import pooled
+
+    trunk = torch.nn.ModuleList([model.net.features, model.net.pool])
+    key = (model_fingerprint(trunk), size, hash(tuple(map(str, paths))))
+    if key not in _POOLED:
+        net = pooled(model)
+        _POOLED.clear()
+        _POOLED[key] = sharded_extract(
+            lambda p: extract_vectors(net, p, image_size=size, device=device, desc="ridge init"), paths)
+    return _POOLED[key]
+
+
 def asym_distill(config: dict):
     """A query network trained against the frozen gallery network's precomputed descriptors of the
     training split (``gallery_features``) with the loss ``method`` (:data:`ASYM_METHODS`):
@@ -381,7 +403,7 @@ def asym_distill(config: dict):
     """
 
     from .anchors import load_anchors
-    from .models import build_query_net
+    from .models import build_query_net, init_projection
 
     cfg = asym_config(**{k: v for k, v in config.items() if k in asym_config()})
     seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
@@ -412,6 +434,13 @@ def asym_distill(config: dict):
     model.meta["name"] = f"{method}-{cfg['backbone']}"
     if cfg["init"]:
         init_query_net(model, cfg["init"])
+    if cfg["head_init"] == "ridge":
+        if cfg["init"]:
+            raise ValueError("head_init='ridge' and init: the projection would be fitted over the init's identity; use one")
+        X = _pooled_train(model, [split["paths"][i] for i in subset], int(cfg["image_size"]), device)
+        init_projection(model, X, G[subset], cfg["head_ridge"])
+    elif cfg["head_init"] is not None:
+        raise ValueError(f"head_init={cfg['head_init']!r}: expected None (random) or 'ridge'")
     # as in global training: pretrained statistics stay (small batches of one split would spoil them)
     model.net.frozen_bn = bool(cfg["weights"] is not None or cfg["init"] is not None
                                if cfg["frozen_bn"] is None else cfg["frozen_bn"])

@@ -195,3 +195,50 @@ def test_training_curves_figure():
     hist = [dict(epoch=e, loss=1.0 / (e + 1)) for e in range(3)]
     fig = plot_histories({"ssp": hist, "regression": hist, "aml": hist})
     assert [ax.get_title() for ax in fig.axes[:3]] == ["ssp", "regression", "aml"]
+
+
+# --------------------------------------------------------------------------- head_init="ridge"
+def test_ridge_projection_solves_the_penalised_least_squares():
+    from retrieval.models import ridge_projection
+
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(40, 6)), rng.normal(size=(40, 3))
+    lam = 0.3
+    W, b = ridge_projection(X, Y, lam)
+    # independent route: lstsq on [X 1] with sqrt(lam)-rows penalising W only (not the bias)
+    A = np.vstack([np.hstack([X, np.ones((40, 1))]), np.hstack([np.sqrt(lam) * np.eye(6), np.zeros((6, 1))])])
+    sol = np.linalg.lstsq(A, np.vstack([Y, np.zeros((6, 3))]), rcond=None)[0]
+    np.testing.assert_allclose(W, sol[:6].T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, sol[6], rtol=1e-4, atol=1e-5)
+    # an exact affine map is recovered as the penalty vanishes
+    A_true, c = rng.normal(size=(3, 6)), rng.normal(size=3)
+    W, b = ridge_projection(X, X @ A_true.T + c, 1e-9)
+    np.testing.assert_allclose(W, A_true, atol=1e-5)
+    np.testing.assert_allclose(b, c, atol=1e-5)
+    with pytest.raises(ValueError, match="ridge"):
+        ridge_projection(X, Y, 0.0)
+    with pytest.raises(ValueError, match="same N"):
+        ridge_projection(X, Y[:5])
+
+
+def test_ridge_head_init_starts_at_the_fitted_map(setup):
+    from retrieval.extract import extract_vectors
+    from retrieval.models import pooled, ridge_projection
+
+    split = load_sfm(setup["root"], "synth-tiny")["train"]
+    G = np.load(setup["gallery_features"])
+    losses = {}
+    for head_init in (None, "ridge"):
+        model, data, loss_fn = asym_distill(dict(setup, method="regression", head_init=head_init, seed=0))
+        X = extract_vectors(pooled(model), split["paths"], image_size=32, progress=False)
+        with torch.no_grad():
+            out = extract_vectors(model, split["paths"], image_size=32, progress=False)
+        losses[head_init] = float(((out - G) ** 2).sum(1).mean())
+        if head_init == "ridge":
+            W, b = ridge_projection(X, G, 0.1)  # the backbone is the same seeded network in both runs
+            np.testing.assert_allclose(model.net.whiten.weight.detach().numpy(), W, rtol=1e-4, atol=1e-5)
+            y = X @ W.T + b
+            np.testing.assert_allclose(out, y / np.linalg.norm(y, axis=1, keepdims=True), rtol=1e-3, atol=1e-4)
+    assert losses["ridge"] < losses[None]  # the fitted start is closer to the gallery descriptors
+    with pytest.raises(ValueError, match="head_init"):
+        asym_distill(dict(setup, method="regression", head_init="zeros"))

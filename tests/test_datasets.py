@@ -300,6 +300,34 @@ def test_changed_manifest_triggers_regeneration(tmp_path, tiny_root, monkeypatch
         generate("tiny", root=root, progress=False, workers=1)
 
 
+def test_dataset_of_another_version_is_rendered_again_not_reused(tmp_path, tiny_root, monkeypatch):
+    # images are kept on resume, so a complete set made by another generator version must be removed,
+    # not mixed: every image is rendered again and the result equals a fresh generation
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    original = _files(root)
+    for part in ("test", "train"):
+        manifest = root / part / NAME / "manifest.json"
+        m = _load_json(manifest)
+        m["format_version"] = -1
+        manifest.write_text(json.dumps(m))
+    stale = root / "test" / NAME / "jpg" / "db_00003.jpg"
+    stale.write_bytes(b"an image of the old generator")
+    calls = []
+    real = synthetic.render_view
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_view", counting)
+    generate("tiny", root=root, progress=False, workers=1)
+    assert len(calls) == len(list((root / "test" / NAME / "meta").glob("*.json"))) + \
+        len(list((root / "train" / NAME / "meta").glob("*.json")))
+    assert _files(root) == original
+    assert not (root / "test" / NAME / "generating.json").exists()
+
+
 # --------------------------------------------------------------------------- 4. labels
 def _geo(visible=0.9, cover=0.3, yaw=0.0, photo=0.1):
     return dict(visible=visible, cover=cover, yaw=yaw, photo=photo)

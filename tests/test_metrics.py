@@ -479,3 +479,46 @@ def test_label_map_equals_a_loop():
     assert label_map(x, labels) > label_map(x, rng.permutation(labels))
     with pytest.raises(ValueError, match="labels"):
         label_map(x, labels[:5])
+
+
+def test_random_ranking_matches_the_expected_ap_of_one_positive():
+    # one positive among N ranked items (the other protocol's positive is junk): revisitop's AP is
+    # (1 + 1)/2 at rank 0 and (0 + 1/(r+1))/2 at rank r > 0, so E[AP] = (1 + (H_N - 1)/2) / N
+    from retrieval.metrics import random_ranking
+
+    n_db, rng = 41, np.random.default_rng(3)
+    gnd = [dict(zip(("easy", "hard"), ([int(a)], [int(b)])), junk=[])
+           for a, b in (rng.choice(n_db, 2, replace=False) for _ in range(20))]
+    res = random_ranking(gnd, n_db, trials=300, seed=1)
+    N = n_db - 1
+    expected = (1 + (sum(1 / k for k in range(1, N + 1)) - 1) / 2) / N
+    for protocol in ("easy", "hard"):
+        assert res[protocol]["map"] == pytest.approx(expected, abs=0.006)
+    assert res["easy"]["mp@1"] == pytest.approx(1 / N, abs=0.01)
+    assert set(res) == {"easy", "medium", "hard"} and set(res["medium"]) == {"map", "mp@1", "mp@5", "mp@10"}
+    assert random_ranking(gnd, n_db, trials=2, seed=5) == random_ranking(gnd, n_db, trials=2, seed=5)
+    with pytest.raises(ValueError, match="trials"):
+        random_ranking(gnd, n_db, trials=0)
+
+
+def test_topk_oracle_against_a_loop_and_bounds():
+    from retrieval.metrics import protocol_gnd, topk_oracle
+
+    rng = np.random.default_rng(4)
+    n_db, nq, K = 30, 6, 8
+    gnd = [dict(easy=list(map(int, rng.choice(n_db, 3, replace=False))), hard=[], junk=[]) for _ in range(nq)]
+    for g in gnd:
+        g["hard"] = [int(j) for j in rng.choice(np.setdiff1d(np.arange(n_db), g["easy"]), 4, replace=False)]
+    ranks = np.stack([rng.permutation(n_db) for _ in range(nq)], 1)
+    for protocol in ("medium", "hard"):
+        got = topk_oracle(ranks, gnd, K, protocol)
+        for i, g in enumerate(protocol_gnd(gnd, protocol)):
+            top = list(ranks[:K, i])
+            expected = [j for j in top if j in set(g["ok"])] + [j for j in top if j not in set(g["ok"])]
+            assert list(got[:K, i]) == expected
+        np.testing.assert_array_equal(got[K:], ranks[K:])
+        # an upper bound of every re-ranking of the top-K, reached when K covers the whole list
+        assert evaluate(got, gnd)[protocol]["map"] >= evaluate(ranks, gnd)[protocol]["map"]
+        assert evaluate(topk_oracle(ranks, gnd, n_db, protocol), gnd)[protocol]["map"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="queries"):
+        topk_oracle(ranks[:, :2], gnd, K)

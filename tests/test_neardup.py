@@ -26,6 +26,18 @@ def test_pair_scores_against_loops():
     assert k == len(s)
 
 
+def test_pair_scores_without_unrelated_pairs_against_loops():
+    X, g = _data()
+    s, same = pair_scores(X, g, unrelated_pairs=False)
+    expected = [(float(X[i] @ X[j]), g[i] == g[j] and g[i] != -1)
+                for i in range(len(X)) for j in range(i + 1, len(X)) if g[i] >= 0 or g[j] >= 0]
+    assert len(s) == len(expected) == len(X) * (len(X) - 1) // 2 - 3  # the 3 pairs among the 3 unrelated left out
+    np.testing.assert_allclose(s, [e[0] for e in expected])
+    np.testing.assert_array_equal(same, [e[1] for e in expected])
+    np.testing.assert_array_equal(same, pair_scores(X, g)[1][(g[np.triu_indices(len(X), 1)[0]] >= 0)
+                                                             | (g[np.triu_indices(len(X), 1)[1]] >= 0)])
+
+
 def test_threshold_table_against_loops():
     X, g = _data(1)
     s, same = pair_scores(X, g)

@@ -661,6 +661,13 @@ def generate(preset: str = "default", root: str | os.PathLike | None = None, dif
         shutil.rmtree(train_dir, ignore_errors=True)
     if _manifest_ok(test_dir, manifest) and _manifest_ok(train_dir, manifest):
         return {"test": test_dir, "train": train_dir}
+    for folder in (test_dir, train_dir):
+        # images are reused on a rerun (resume), so a folder made by another version or configuration
+        # (a different manifest, complete or in progress) is removed rather than mixed into this one
+        found = [_read_manifest(folder / f) for f in ("manifest.json", "generating.json")]
+        if any(m is not None and m != manifest for m in found):
+            shutil.rmtree(folder, ignore_errors=True)
+        atomic_write_json(folder / "generating.json", manifest)
 
     jobs = _jobs(cfg, name)
     tasks, where = [], []
@@ -689,15 +696,23 @@ def generate(preset: str = "default", root: str | os.PathLike | None = None, dif
         by_part.setdefault(part, []).append((stem, geo))
     _write_test(test_dir, name, by_part["query"], by_part["db"], manifest)
     _write_train(train_dir, name, by_part, cfg, manifest)
+    for folder in (test_dir, train_dir):
+        (folder / "generating.json").unlink(missing_ok=True)
     return {"test": test_dir, "train": train_dir}
 
 
-def _manifest_ok(folder: Path, manifest: dict) -> bool:
+def _read_manifest(path: Path) -> dict | None:
     try:
-        with open(folder / "manifest.json") as fh:
-            return json.load(fh) == manifest
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
-        return False
+        return {}  # unreadable: treated as another configuration
+
+
+def _manifest_ok(folder: Path, manifest: dict) -> bool:
+    return _read_manifest(folder / "manifest.json") == manifest
 
 
 def _write_test(folder: Path, name: str, queries: list, db: list, manifest: dict) -> None:

@@ -96,6 +96,56 @@ class QueryNet(nn.Module):
         return m.get("name") or f"gem-{m['backbone']}-q{m['outputdim']}" + start
 
 
+def ridge_projection(X, Y, ridge: float = 0.1):
+    """The affine map ``Y ≈ X W^T + b`` minimising ``‖X W^T + b − Y‖² + ridge · ‖W‖²`` (the bias is
+    not penalised): ``X`` (N, D_in), ``Y`` (N, D_out); returns ``W`` (D_out, D_in) and ``b`` (D_out,)
+    as float32, in the layout of ``nn.Linear``. Solved in float64 through the normal equations of
+    the centred data."""
+    import numpy as np
+
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y) or len(X) == 0:
+        raise ValueError(f"X (N, D_in) and Y (N, D_out) with the same N >= 1 expected, got {X.shape} and {Y.shape}")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge}")
+    mx, my = X.mean(0), Y.mean(0)
+    Xc, Yc = X - mx, Y - my
+    W = np.linalg.solve(Xc.T @ Xc + ridge * np.eye(X.shape[1]), Xc.T @ Yc).T
+    return W.astype(np.float32), (my - W @ mx).astype(np.float32)
+
+
+def init_projection(net: "QueryNet", X, Y, ridge: float = 0.1) -> None:
+    """Set the query network's projection (``net.net.whiten``) to :func:`ridge_projection` of the
+    gallery descriptors ``Y`` (N, D) on the query network's own pooled, L2-normalised descriptors
+    ``X`` (N, D_in) of the same images (:func:`pooled`): the best affine map at the start, so that
+    training refines it instead of first learning the gallery's mean direction."""
+    proj = net.net.whiten
+    if proj is None:
+        raise ValueError("the query network has no projection layer")
+    W, b = ridge_projection(X, Y, ridge)
+    if W.shape != tuple(proj.weight.shape):
+        raise ValueError(f"projection {tuple(proj.weight.shape)} cannot take a fitted map of shape {W.shape}")
+    with torch.no_grad():
+        proj.weight.copy_(torch.from_numpy(W))
+        proj.bias.copy_(torch.from_numpy(b))
+
+
+class _Pooled(nn.Module):
+    def __init__(self, net: GlobalNet):
+        super().__init__()
+        self.net, self.meta = net, net.meta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.norm(self.net.pool(self.net.features(x)))
+
+
+def pooled(net: "QueryNet") -> nn.Module:
+    """A module sharing ``net``'s backbone and pooling that outputs the pooled, L2-normalised
+    descriptor before the projection (B, D_in), with ``net``'s ``meta`` (input normalisation), for
+    :func:`~retrieval.extract.extract_vectors`."""
+    return _Pooled(net.net)
+
+
 def build_query_net(backbone: str = "mobilenet_v2", dim: int = 2048, classes: int = 0, transform: bool = False,
                     p: float = 3.0, weights: str | None = None) -> QueryNet:
     """A query network with the SSP paper's defaults: MobileNetV2 + GeM (p = 3, learned) + L2 + a
