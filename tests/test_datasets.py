@@ -243,6 +243,19 @@ def test_different_seed_gives_different_images(tmp_path, tiny_root):
 
 
 # --------------------------------------------------------------------------- 3. resume
+def _count_renders(monkeypatch) -> list:
+    """Patch the renderer to record the view id of every image rendered; returns that list."""
+    calls = []
+    real = synthetic.render_view
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_view", counting)
+    return calls
+
+
 def test_resume_rerenders_only_missing_images_identically(tmp_path, tiny_root, monkeypatch):
     root = tmp_path / "copy"
     shutil.copytree(tiny_root, root)
@@ -257,14 +270,7 @@ def test_resume_rerenders_only_missing_images_identically(tmp_path, tiny_root, m
                                  test_d / f"gnd_{NAME}.pkl"]:
         p.unlink()
 
-    calls = []
-    real = synthetic.render_view
-
-    def counting(*args, **kwargs):
-        calls.append(args[2])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(synthetic, "render_view", counting)
+    calls = _count_renders(monkeypatch)
     generate("tiny", root=root, progress=False, workers=1)
     assert len(calls) == len(gone)  # the kept images were not rendered again
     assert _files(root) == original
@@ -313,14 +319,7 @@ def test_dataset_of_another_version_is_rendered_again_not_reused(tmp_path, tiny_
         manifest.write_text(json.dumps(m))
     stale = root / "test" / NAME / "jpg" / "db_00003.jpg"
     stale.write_bytes(b"an image of the old generator")
-    calls = []
-    real = synthetic.render_view
-
-    def counting(*args, **kwargs):
-        calls.append(args[2])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(synthetic, "render_view", counting)
+    calls = _count_renders(monkeypatch)
     generate("tiny", root=root, progress=False, workers=1)
     assert len(calls) == len(list((root / "test" / NAME / "meta").glob("*.json"))) + \
         len(list((root / "train" / NAME / "meta").glob("*.json")))
