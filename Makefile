@@ -13,7 +13,7 @@ export IPYTHONDIR := $(CURDIR)/.jupyter/ipython
 export MPLCONFIGDIR := $(CURDIR)/.jupyter/matplotlib
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data demo test lab clean bench
+.PHONY: env data demo test test-fast lab clean bench
 
 env: $(STAMP)
 
@@ -28,10 +28,14 @@ data: env  ## generate the embedded synthetic benchmark (default preset) under d
 	$(PY) -m retrieval.datasets generate --preset default
 
 demo: data  ## run every notebook in order into runs/demo/, figures into figures/, print the summary
-	$(PY) -m retrieval.runs demo --run-dir runs/demo
+	$(PY) -m retrieval.runs demo --run-dir runs/demo --fig-dir figures
 
 test: env  ## unit tests + every notebook through nbval in the smoke profile
 	RETRIEVAL_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+test-fast: env  ## make test without the slow tests (torchrun, browser, whole demo runs, 1M arrays)
+	RETRIEVAL_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax -m "not slow" \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 bench: env  ## every benchmark in benchmarks/ (JSON in benchmarks/results/, figures in benchmarks/README.md)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from retrieval.config import resolve_device
-from retrieval.models.csa import build_csa, csa_rerank, csa_rerank_loop
+from retrieval.models.csa import build_csa
+from retrieval.rerank import csa_rerank, csa_rerank_loop
 from retrieval.search import search
 
 

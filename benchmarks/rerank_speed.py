@@ -15,8 +15,8 @@ import torch
 
 from _common import ROOT, fmt_s, machine, machine_line, parser, skip, timed, unit_vectors, write
 
-from retrieval.models.csa import build_csa, csa_rerank, csa_rerank_loop
-from retrieval.rerank import aqe, alpha_qe, db_neighbours, dba, diffusion
+from retrieval.models.csa import build_csa
+from retrieval.rerank import aqe, alpha_qe, csa_rerank, csa_rerank_loop, db_neighbours, dba, diffusion
 from retrieval.search import exact_search
 
 FEATURES = ROOT / "data" / "features" / "synth-default" / "gem-resnet18-240.npz"

@@ -85,28 +85,3 @@ def check_parameters(values: dict, defaults: dict, where: str = "notebook") -> N
         if not _fits(value, defaults[name]):
             raise TypeError(f"{where}: parameter {name!r} = {value!r} ({type(value).__name__}) does not fit its "
                             f"default {defaults[name]!r} ({type(defaults[name]).__name__})")
-
-
-def network_spec(network: str, run_dir: str | os.PathLike = "runs/demo", path: bool = False):
-    """What ``retrieval.models.load_network`` takes for a notebook's ``network`` parameter: a
-    published name (``gl18-tl-resnet101-gem-w``, downloaded to ``data/networks/``; ``<name>-ms``, the
-    name 01 gives its multi-scale features, counts as ``<name>``) as is (its file, ``published_path``,
-    when ``path``), an existing checkpoint file as its path, else the network
-    ``02_train_global`` saved under that name (``<run_dir>/train_global/<network>.pth``)."""
-    from .models.checkpoints import PUBLISHED, published_path
-
-    if not isinstance(network, str) or not network:
-        raise TypeError(f"network must be a published name, a checkpoint file or the name of a network "
-                        f"trained by 02_train_global, got {network!r}")
-    if network.endswith("-ms") and network[:-3] in PUBLISHED:  # 01's name for its multi-scale features
-        network = network[:-3]
-    if network in PUBLISHED:
-        return published_path(network) if path else network
-    if network.endswith(".pth") and resolve(network).is_file():
-        return resolve(network)
-    trained = resolve(run_dir) / "train_global" / f"{network}.pth"
-    if not trained.is_file():
-        raise FileNotFoundError(f"network={network!r}: not a published network ({', '.join(sorted(PUBLISHED))}), "
-                                f"not a checkpoint file, and {trained} does not exist (run 02_train_global "
-                                "first, or download a published one: python -m retrieval.datasets download NAME)")
-    return trained

@@ -59,7 +59,8 @@ class ImageList(Dataset):
         return (x - self.mean) / self.std
 
 
-def _list_collate(batch):
+def list_collate(batch):
+    """A DataLoader collate that keeps the batch a list (images of different sizes)."""
     return batch
 
 
@@ -162,7 +163,7 @@ def _extract_one_size(model: torch.nn.Module, paths: Sequence, image_size: int, 
     model = model.to(device).eval()
     mean, std = model.meta.get("mean", (0.485, 0.456, 0.406)), model.meta.get("std", (0.229, 0.224, 0.225))
     loader = DataLoader(ImageList(paths, image_size, bbxs, mean, std, upscale), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_list_collate)
+                        num_workers=workers, collate_fn=list_collate)
     out = []
     with tqdm(total=len(paths), desc=desc, disable=not progress, unit="img") as bar:
         for batch in loader:

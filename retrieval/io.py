@@ -118,6 +118,20 @@ def load_features(path) -> tuple[np.ndarray, np.ndarray, dict]:
     return query, db, params
 
 
+def load_vectors(path) -> np.ndarray:
+    """Descriptors (N, D) from a ``.npy`` or from a ``.npz`` written by
+    :func:`retrieval.extract.extract_cached` (key ``vecs``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"descriptor file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "vecs" not in z:
+                raise ValueError(f"{path}: expected an array 'vecs' (extract_cached), found {sorted(z)}")
+            return z["vecs"]
+    return np.load(path, allow_pickle=False)
+
+
 def _all_finite(x: np.ndarray, block: int = 1 << 22) -> bool:
     """``np.isfinite(x).all()`` over row blocks of about ``block`` elements (no full-size mask: a
     1M x 2048 db would need a 2 GB temporary)."""

@@ -25,11 +25,13 @@ import numpy as np
 
 from .config import PROFILE_ENV, ROOT, resolve
 from .io import atomic_write_json
+from .layout import RunLayout
 from .metrics import ALL_PROTOCOLS, CLASSIC, PROTOCOL_LABELS, PROTOCOLS, gnd_protocols
 
 
 def load_metrics(run_dir: str | os.PathLike) -> dict:
-    path = resolve(run_dir) / "metrics.json"
+    """``<run_dir>/metrics.json`` ({} when absent); ValueError naming the file when it is not JSON."""
+    path = RunLayout(run_dir).metrics_file
     if not path.exists():
         return {}
     with open(path) as fh:
@@ -39,47 +41,41 @@ def load_metrics(run_dir: str | os.PathLike) -> dict:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, results: dict) -> Path:
-    """Add (or replace) ``results[dataset][method]`` in ``<run_dir>/metrics.json``, atomically.
-    ``results``: an evaluate() output, E/M/H (revisited sets) or ``classic`` (Oxford5k/Paris6k)."""
+def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, results: dict,
+                   recorded: dict | None = None) -> str:
+    """Add (or replace) ``results[dataset][method]`` in ``<run_dir>/metrics.json``, atomically; returns
+    the key it was stored under.
+
+    ``results``: an evaluate() output, E/M/H (revisited sets) or ``classic`` (Oxford5k/Paris6k).
+    ``recorded``: where the row comes from (``notebook``, ``image_size``, ``weights`` fingerprint),
+    stored beside the protocols. A row is replaced by the notebook that wrote it, or by a new measurement
+    of the same model (same image size and weights; the row keeps its notebook); another notebook's row
+    for another model under the same name is kept, and the new row goes under ``"<method> [<notebook>]"``.
+    """
     protocols = (CLASSIC,) if CLASSIC in results and not set(PROTOCOLS) & set(results) else PROTOCOLS
     missing = [p for p in protocols if p not in results]
     if missing:
         raise ValueError(f"results for {dataset}/{method} lack protocols {missing} (expected evaluate() output: "
                          f"{'/'.join(PROTOCOLS)} or {CLASSIC!r})")
+    row = {p: {k: float(v) for k, v in results[p].items()} for p in protocols}
+    if recorded:
+        row["recorded"] = dict(recorded)
     metrics = load_metrics(run_dir)
-    metrics.setdefault(dataset, {})[method] = {p: {k: float(v) for k, v in results[p].items()} for p in protocols}
-    return atomic_write_json(resolve(run_dir) / "metrics.json", metrics)
-
-
-def whitening_path(run_dir: str | os.PathLike, network: str, shrinkage: float | str = "val") -> tuple[Path, float]:
-    """The learned whitening 02_train_global saved for ``network`` and its shrinkage:
-    ``<run_dir>/train_global/whitening_lw<α>_<network>.npz``; ``shrinkage="val"`` takes the α that 02
-    chose on the val split (:func:`record_whitening_choice`). Returns ``(path, α)``."""
-    folder = resolve(run_dir) / "train_global"
-    if shrinkage == "val":
-        choice = folder / f"whitening_{network}.json"
-        if not choice.is_file():
-            raise FileNotFoundError(f"{choice} not found: run 02_train_global for {network} "
-                                    "(or pass a number as lw_shrinkage)")
-        shrinkage = float(json.loads(choice.read_text())["shrinkage"])
-    alpha = float(shrinkage)
-    return folder / f"whitening_lw{alpha:g}_{network}.npz", alpha
-
-
-def record_whitening_choice(run_dir: str | os.PathLike, network: str, shrinkage: float, val_map: dict) -> Path:
-    """Record the learned-whitening shrinkage 02_train_global chose for ``network`` on the val split
-    (``val_map``: α → val mAP), read back by :func:`whitening_path`."""
-    path = resolve(run_dir) / "train_global" / f"whitening_{network}.json"
-    atomic_write_json(path, {"shrinkage": float(shrinkage), "val_map": {f"{a:g}": float(m) for a, m in val_map.items()}})
-    return path
+    rows = metrics.setdefault(dataset, {})
+    key, old = method, (rows.get(method) or {}).get("recorded")
+    if recorded and old and old.get("notebook") != recorded.get("notebook"):
+        if (old.get("image_size"), old.get("weights")) == (recorded.get("image_size"), recorded.get("weights")):
+            row["recorded"]["notebook"] = old.get("notebook")  # the same model measured again: the row keeps its owner
+        else:
+            key = f"{method} [{recorded.get('notebook')}]"
+    rows[key] = row
+    atomic_write_json(RunLayout(run_dir).metrics_file, metrics)
+    return key
 
 
 def ranks_path(run_dir: str | os.PathLike, dataset: str, method: str) -> Path:
-    """``<run_dir>/ranks/<dataset>/<method>.npz`` (``/`` in a method name becomes ``_``)."""
-    if not method or not dataset:
-        raise ValueError(f"dataset={dataset!r}, method={method!r}: both must be non-empty names")
-    return resolve(run_dir) / "ranks" / dataset / f"{method.replace('/', '_')}.npz"
+    """:meth:`RunLayout.ranks <retrieval.layout.RunLayout.ranks>` of ``run_dir``."""
+    return RunLayout(run_dir).ranks(dataset, method)
 
 
 def record_ranks(run_dir: str | os.PathLike, dataset: str, method: str, ranks, gnd, scores=None,
@@ -140,7 +136,7 @@ def load_ranks(run_dir: str | os.PathLike, dataset: str, method: str) -> dict:
 
 def list_ranks(run_dir: str | os.PathLike) -> dict[str, list[str]]:
     """``{dataset: [method, ...]}`` of the ranked lists recorded in ``run_dir`` (sorted)."""
-    root = resolve(run_dir) / "ranks"
+    root = RunLayout(run_dir).root / "ranks"
     out = {}
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
         methods = []
@@ -178,24 +174,43 @@ def notebooks(folder: str | os.PathLike = ROOT / "notebooks") -> list[Path]:
     return found
 
 
-def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full",
-                  parameters: dict | None = None, only: list[str] | None = None,
-                  progress: bool = True) -> dict:
-    """Execute the notebooks in order with papermill into ``run_dir``; returns metrics.json."""
+def route_parameters(parameters: dict, selected: list[Path]) -> dict[str, dict]:
+    """``{notebook name: the parameters it declares}``: a parameter goes only to the notebooks whose
+    parameters cell has it (so ``-p image_size 160`` reaches every notebook with a test image size
+    and nothing else); ValueError for a parameter no selected notebook has."""
     import papermill as pm
 
-    run_dir = resolve(run_dir)
+    declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in selected}
+    unknown = sorted(k for k in parameters if not any(k in names for names in declared.values()))
+    if unknown:
+        known = sorted(set().union(*declared.values())) if declared else []
+        raise ValueError(f"parameter(s) {unknown} are not parameters of any notebook run "
+                         f"({', '.join(nb.name for nb in selected)}); known: {known}")
+    return {name: {k: v for k, v in parameters.items() if k in names} for name, names in declared.items()}
+
+
+def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full",
+                  parameters: dict | None = None, only: list[str] | None = None,
+                  progress: bool = True, fig_dir: str | os.PathLike | None = None) -> dict:
+    """Execute the notebooks in order with papermill into ``run_dir`` (anywhere on disk); returns
+    metrics.json. Each notebook gets ``run_dir``, ``fig_dir`` (default ``<run_dir>/figures``) and those
+    of ``parameters`` it declares (:func:`route_parameters`)."""
+    import papermill as pm
+
+    run_dir = resolve(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters or {}, run_dir=str(run_dir))
+    selected = [nb for nb in notebooks() if not only or any(nb.name.startswith(o) for o in only)]
+    if not selected:
+        raise ValueError(f"--only {only}: matches no notebook of {[nb.name for nb in notebooks()]}")
+    common = dict(run_dir=str(run_dir), fig_dir=str(resolve(fig_dir).absolute()) if fig_dir else None)
+    routed = route_parameters(dict(parameters or {}), selected)
     before = os.environ.get(PROFILE_ENV)
     os.environ[PROFILE_ENV] = profile  # the kernels inherit it; their parameters cells read it
     try:
-        for nb in notebooks():
-            if only and not any(nb.name.startswith(o) for o in only):
-                continue
+        for nb in selected:
             t = time.perf_counter()
             print(f"[{time.strftime('%H:%M:%S')}] {nb.name} ...", flush=True)
-            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters=params,
+            pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters=dict(common, **routed[nb.name]),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=progress)
             print(f"    done in {time.perf_counter() - t:.1f} s", flush=True)
     finally:
@@ -237,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m retrieval.runs", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     demo = sub.add_parser("demo", help="run every notebook in order and print the summary")
-    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--run-dir", default="runs/demo", help="the run folder (anywhere on disk)")
+    demo.add_argument("--fig-dir", help="figures folder (default <run-dir>/figures; make demo: figures/)")
     demo.add_argument("--profile", default="full", choices=["full", "smoke"])
     demo.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 01")
     demo.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
@@ -270,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 params[k] = v
         t = time.perf_counter()
-        metrics = run_notebooks(args.run_dir, args.profile, params, args.only)
+        try:
+            metrics = run_notebooks(args.run_dir, args.profile, params, args.only, fig_dir=args.fig_dir)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"\nAll notebooks ran in {time.perf_counter() - t:.0f} s; executed notebooks and "
               f"metrics.json in {resolve(args.run_dir)}\n")
         print(summary_table(metrics))

@@ -1,7 +1,14 @@
-"""Nearest-neighbour search by inner product (cosine for L2-normalised descriptors).
+"""Nearest-neighbour search by inner product (cosine for L2-normalised descriptors), and ASMK search
+over local descriptors.
 
-Every function returns ``ranks`` (k, n_q) int64 db indices, best first (the layout
+Every search function returns ``ranks`` (k, n_q) int64 db indices, best first (the layout
 :func:`retrieval.metrics.compute_map` takes) and ``scores`` (k, n_q) float32.
+
+ASMK (aggregated selective match kernel; Tolias, Avrithis & Jégou, ICCV 2013, in the HOW variant)
+through the ``asmk`` package: a k-means codebook learned on training-split local descriptors (e.g.
+:func:`retrieval.models.local.extract_local`), per image and visual word the sum of residuals
+binarised, similarity = Σ over shared words of ``σ(u) = u^α`` for ``u ≥ τ`` (normalised Hamming
+similarity u; α = 3, τ = 0), idf off.
 """
 
 from __future__ import annotations
@@ -138,3 +145,71 @@ def search(query: np.ndarray, db: np.ndarray, k: int | None = None, index: str =
         raise ValueError(f"index={index!r} found fewer than k={k} results for some queries (the probed "
                          "cells hold too few vectors): lower k or raise nprobe")
     return ranks.T.astype(np.int64), scores.T.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# ASMK over local descriptors (the asmk package, imported when an index is built)
+
+
+def asmk_params(codebook_size: int = 65536, alpha: float = 3.0, threshold: float = 0.0, binary: bool = True,
+                query_assignments: int = 5, use_idf: bool = False) -> dict:
+    """Parameters of the ``asmk`` package's method (HOW, ECCV 2020 defaults: 64k words, binarised
+    residuals, α = 3, τ = 0, multiple assignment 5 for queries and 1 for the db, no idf)."""
+    if codebook_size < 2:
+        raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+    return {"index": {"gpu_id": None},
+            "train_codebook": {"codebook": {"size": int(codebook_size)}},
+            "build_ivf": {"kernel": {"binary": bool(binary)}, "ivf": {"use_idf": bool(use_idf)},
+                          "quantize": {"multiple_assignment": 1}, "aggregate": {}},
+            "query_ivf": {"quantize": {"multiple_assignment": int(query_assignments)}, "aggregate": {},
+                          "search": {"topk": None},
+                          "similarity": {"similarity_threshold": float(threshold), "alpha": float(alpha)}}}
+
+
+def _check_local(vecs, imids, what: str) -> tuple[np.ndarray, np.ndarray]:
+    vecs, imids = np.ascontiguousarray(vecs, np.float32), np.asarray(imids, np.int64)
+    if vecs.ndim != 2 or imids.shape != vecs.shape[:1]:
+        raise ValueError(f"{what}: vecs (M, d) and imids (M,) expected, got {vecs.shape} and {imids.shape}")
+    if imids.size and (np.any(np.diff(imids) < 0) or imids[0] < 0):
+        raise ValueError(f"{what}: imids must be non-negative and ascending (one image after the other)")
+    return vecs, imids
+
+
+def asmk_index(train_vecs: np.ndarray, db_vecs: np.ndarray, db_imids: np.ndarray, params: dict | None = None):
+    """Train the codebook on ``train_vecs`` (M, d) (training-split descriptors) and index the db's
+    local descriptors ``db_vecs`` (M', d) with image ids ``db_imids`` (ascending, 0..n_db−1, every
+    image present). Returns the ``asmk.ASMKMethod``."""
+    from asmk import asmk_method
+
+    params = params or asmk_params()
+    train_vecs = np.ascontiguousarray(train_vecs, np.float32)
+    k = params["train_codebook"]["codebook"]["size"]
+    if train_vecs.ndim != 2 or len(train_vecs) < k:
+        raise ValueError(f"train_vecs must be (M, d) with M >= codebook size {k}, got {train_vecs.shape}")
+    db_vecs, db_imids = _check_local(db_vecs, db_imids, "db")
+    if db_vecs.shape[1] != train_vecs.shape[1]:
+        raise ValueError(f"db descriptors have d={db_vecs.shape[1]}, training ones d={train_vecs.shape[1]}")
+    n_db = int(db_imids.max()) + 1 if db_imids.size else 0
+    if len(np.unique(db_imids)) != n_db:
+        raise ValueError("every db image 0..n_db-1 needs at least one local descriptor")
+    method = asmk_method.ASMKMethod.initialize_untrained(params)
+    method = method.train_codebook(train_vecs)
+    return method.build_ivf(db_vecs, db_imids.copy())  # the ivf shifts the ids in place
+
+
+def asmk_search(method, query_vecs: np.ndarray, query_imids: np.ndarray, n_query: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the whole db for every query: ``ranks`` (n_db, n_query) db indices, best first, and
+    ``scores`` (n_db, n_query) in that order. Every query 0..n_query−1 needs descriptors."""
+    query_vecs, query_imids = _check_local(query_vecs, query_imids, "query")
+    if len(np.unique(query_imids)) != n_query or (n_query and query_imids.max() != n_query - 1):
+        raise ValueError(f"every query 0..{n_query - 1} needs at least one local descriptor")
+    _, images, ranks, scores = method.query_ivf(query_vecs, query_imids)
+    order = np.argsort(images)
+    return ranks[order].T.astype(np.int64), scores[order].T
+
+
+def asmk_bytes_per_image(method, dim: int, id_bytes: int = 4) -> float:
+    """Memory of the db index per image: aggregated vectors per image × (d/8 bytes binarised, or 4d
+    float32, + ``id_bytes`` for the image id stored with each in the inverted file)."""
+    per_vec = dim / 8 if method.kernel.binary else 4 * dim
+    return float(method.inverted_file.stats["vectors_per_image"]) * (per_vec + id_bytes)

@@ -5,12 +5,17 @@ again every epoch) and ``loss_fn(model, batch) -> scalar``; :func:`fit` does the
 weight-decay exclusions, per-step warm-up + cosine schedule, AMP, gradient clipping, progress bars,
 atomic end-of-epoch checkpoints with RNG states (exact resume), ``history.json`` and a curve PNG.
 
-Distributed: ``torchrun --nproc_per_node=N -m retrieval.train --task module:function --config
-cfg.json``. Each rank sees ``batch_size`` samples per step and DDP averages the gradients, so one
+Distributed: ``torchrun --nproc_per_node=N -m retrieval.train --task global --config cfg.json``
+(:func:`main`). Each rank sees ``batch_size`` samples per step and DDP averages the gradients, so one
 step uses ``N x batch_size`` samples (a single-process run with batch ``N x batch_size`` and the same
 data order is the same computation up to float rounding, except for BatchNorm, whose batch statistics
 are per rank; its running statistics are taken from rank 0 at the end of every epoch). Only rank 0
 writes files.
+
+Why this file is long: :func:`fit` is one loop whose resume, DDP, AMP and checkpoint paths share its
+state (optimiser, scheduler, scaler, RNG streams); the parts that stand alone live beside it
+(:mod:`retrieval.optim`, :mod:`retrieval.distributed`), and the command line that runs the tasks stays
+here because ``python -m retrieval.train`` is its name.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,17 +45,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from tqdm.auto import tqdm
 
 from .config import resolve, resolve_device, seed_everything
+from .optim import build_optimizer, build_scheduler, lr_factor, param_groups, resolve_amp
+from .distributed import barrier, init_distributed, is_distributed, is_main, rank, sharded_extract, sharded_map, world
 from .io import atomic_write, atomic_write_json
+from .models.registry import model_meta, save_model
 from .viz import save_figure
 
 __all__ = ["TrainConfig", "fit", "param_groups", "build_optimizer", "build_scheduler", "lr_factor",
            "resolve_amp", "init_distributed", "is_main", "world", "rank", "barrier", "sharded_map",
-           "sharded_extract", "save_checkpoint", "load_checkpoint", "plot_history", "load_task", "main"]
+           "sharded_extract", "save_checkpoint", "load_checkpoint", "plot_history", "load_task", "export_path", "main",
+           "TASKS"]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 CURVE = "training_curve.png"
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -114,151 +122,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# --------------------------------------------------------------------------- distributed helpers
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world() -> int:
-    """Number of processes (1 when not distributed)."""
-    return dist.get_world_size() if _dist_on() else 1
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if _dist_on() else 0
-
-
-def is_main() -> bool:
-    """True on rank 0 (and when not distributed): the process that writes files and shows bars."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    if _dist_on():
-        dist.barrier()
-
-
-def init_distributed(device: str = "auto") -> bool:
-    """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, ...), if any.
-
-    Backend NCCL on CUDA, gloo on CPU. Returns True only when this call created the group (the
-    caller then owns ``destroy_process_group``)."""
-    if _dist_on() or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return False
-    cuda = resolve_device(device).startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return True
-
-
-def _shard(n: int) -> tuple[int, int]:
-    r, w = rank(), world()
-    return r * n // w, (r + 1) * n // w
-
-
-def sharded_map(fn: Callable[[Any], Any], items: Sequence) -> list:
-    """``[fn(x) for x in items]``, each rank computing a contiguous slice; the results are gathered
-    in the original order on every rank (a plain loop when not distributed)."""
-    items = list(items)
-    if world() == 1:
-        return [fn(x) for x in items]
-    a, b = _shard(len(items))
-    parts: list = [None] * world()
-    dist.all_gather_object(parts, [fn(x) for x in items[a:b]])
-    return [y for part in parts for y in part]
-
-
-def sharded_extract(describe: Callable[[list], Any], paths: Sequence) -> np.ndarray:
-    """``describe(paths)`` -> (n, D) descriptors, each rank describing a contiguous slice of
-    ``paths``; the (n, D) float array is gathered in the original order on every rank."""
-    paths = list(paths)
-    if world() == 1:
-        return _to_numpy(describe(paths))
-    a, b = _shard(len(paths))
-    local = _to_numpy(describe(paths[a:b])) if b > a else None
-    parts: list = [None] * world()
-    dist.all_gather_object(parts, local)
-    parts = [p for p in parts if p is not None]
-    return np.concatenate(parts, axis=0) if parts else _to_numpy(describe([]))
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-# --------------------------------------------------------------------------- optimisation
-def param_groups(model: nn.Module, weight_decay: float, **extra) -> list[dict]:
-    """Two groups (empty ones dropped): ``decay`` (weights of ≥2 dims) and ``no_decay`` (biases,
-    norm-layer parameters and every 1-D/scalar parameter such as GeM's p). Frozen parameters are
-    left out. ``extra`` (e.g. ``lr=...``) is copied into both groups."""
-    decay, no_decay, seen = [], [], set()
-    for mod_name, module in model.named_modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if p.ndim <= 1 or name == "bias" or isinstance(module, _NORM_TYPES):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    groups = [dict(name="decay", params=decay, weight_decay=weight_decay, **extra),
-              dict(name="no_decay", params=no_decay, weight_decay=0.0, **extra)]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(params: nn.Module | Iterable[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW over ``param_groups(model, cfg.weight_decay)`` or given groups."""
-    groups = param_groups(params, cfg.weight_decay) if isinstance(params, nn.Module) else list(params)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _warmup(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    if cfg.warmup_steps is not None:
-        return int(cfg.warmup_steps)
-    return int(round(cfg.warmup_epochs * steps_per_epoch))
-
-
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during
-    the warm-up, then ``r + (1-r)(1+cos(pi t))/2`` with ``t = (step-warmup)/(total-warmup)``
-    clipped to [0, 1] and ``r = min_lr/lr``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step warm-up + cosine (:func:`lr_factor`) over ``cfg.epochs * steps_per_epoch`` steps.
-    Groups with their own lr are scaled by the same factor."""
-    total, warmup = cfg.epochs * steps_per_epoch, _warmup(cfg, steps_per_epoch)
-    ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-
-    def factor(step: int) -> float:  # a closure, so LambdaLR does not pickle it into its state
-        return lr_factor(step, total, warmup, ratio)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_amp(amp: str | bool, device: str, amp_dtype: str = "auto") -> torch.dtype | None:
-    """The autocast dtype, or None when mixed precision is off (``"auto"``: on for CUDA only)."""
-    amp = {True: "on", False: "off"}.get(amp, amp)
-    dev = torch.device(device).type
-    if amp == "off" or (amp == "auto" and dev != "cuda"):
-        return None
-    if amp not in ("auto", "on"):
-        raise ValueError(f"amp={amp!r}: expected 'auto', 'on' or 'off'")
-    if amp_dtype == "auto":
-        bf16_ok = dev != "cuda" or torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16_ok else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
-
-
 # --------------------------------------------------------------------------- checkpoints, RNG
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """``torch.save(state)`` atomically (temp file in the same folder + rename); a full disk raises
@@ -295,7 +158,10 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 
 def _get_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's key array as a tensor: the checkpoint then loads with torch.load(weights_only=True)
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -303,7 +169,8 @@ def _get_rng() -> dict:
 
 def _set_rng(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys.numpy() if isinstance(keys, torch.Tensor) else keys, np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -370,7 +237,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _device(cfg: TrainConfig) -> torch.device:
     dev = resolve_device(cfg.device)
-    if _dist_on() and dev == "cuda":
+    if is_distributed() and dev == "cuda":
         dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(dev)
 
@@ -528,6 +395,9 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task=None)
                      "epoch": epoch + 1, "step": step, "steps_per_epoch": steps_per_epoch,
                      "rng": rngs, "world_size": world(), "config": cfg.to_dict(), "history": history,
                      "task": task}
+            meta = model_meta(model)
+            if meta is not None:  # load_model rebuilds the network from the training checkpoint too
+                state["meta"] = dict(meta, trained=True) if "trained" in meta else meta  # ≥ 1 epoch trained
             save_checkpoint(ckpt_path, state)
             if cfg.keep_epoch_checkpoints:
                 _atomic_copy(ckpt_path, out / f"checkpoint_epoch{epoch + 1}.pt")
@@ -557,40 +427,72 @@ def _warn_config_change(saved: dict, cfg: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------- command line
+#: ``--task`` names: the task functions the notebooks call (each trains and returns ``(model, history)``)
+TASKS = {"global": "train_global", "csa": "train_csa", "asym": "train_asym", "token": "train_token",
+         "projection": "train_projection"}
+
+
 def load_task(spec: str) -> Callable:
-    """Import ``module:function``."""
+    """A task by name (:data:`TASKS`: ``retrieval.tasks.train_<name>``), or ``module:function`` (a builder
+    returning ``(model, data, loss_fn[, on_epoch_end])``)."""
+    if spec in TASKS:
+        return getattr(importlib.import_module("retrieval.tasks"), TASKS[spec])
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
-        raise ValueError(f"--task {spec!r}: expected 'module:function'")
+        raise ValueError(f"--task {spec!r}: expected one of {sorted(TASKS)} or 'module:function'")
     return getattr(importlib.import_module(module), name)
 
 
+def export_path(model: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Where a trained model is exported: ``<out_dir>/<its name>.pth`` (the kind for nameless models),
+    the file the notebooks write and :func:`~retrieval.models.load_model` reads."""
+    meta = getattr(model, "meta", None) or model_meta(model) or {}
+    name = getattr(model, "name", None) or meta.get("name") or meta.get("kind") or "model"
+    return resolve(out_dir) / f"{name}.pth"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval.train --task module:function --config cfg.json`` (under torchrun for
-    DDP). The JSON holds the TrainConfig fields plus any task options; the task function gets the
-    whole dict and returns ``(model, data, loss_fn)`` or ``(model, data, loss_fn, on_epoch_end)``."""
-    ap = argparse.ArgumentParser(prog="python -m retrieval.train", description=main.__doc__)
-    ap.add_argument("--task", required=True, help="module:function returning (model, data, loss_fn[, on_epoch_end])")
+    """``python -m retrieval.train --task global --config cfg.json`` (under torchrun for DDP).
+
+    A named task (global, csa, asym, token, projection) runs the same function as the notebooks
+    (``retrieval.tasks.train_<task>``: its defaults updated by the JSON) and rank 0 exports the
+    trained model with :func:`~retrieval.models.save_model` to ``<out_dir>/<name>.pth``, loadable by
+    ``load_model`` and by the notebooks' ``network=`` parameter. ``module:function`` runs a custom
+    builder returning ``(model, data, loss_fn[, on_epoch_end])`` through :func:`fit` (checkpoint only)."""
+    ap = argparse.ArgumentParser(prog="python -m retrieval.train", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--task", required=True, help=f"one of {sorted(TASKS)}, or module:function (a builder)")
     ap.add_argument("--config", required=True, help="JSON file: TrainConfig fields and task options")
     ap.add_argument("--out-dir", help="override out_dir")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     args = ap.parse_args(argv)
-    config = json.loads(Path(args.config).read_text())
+    try:
+        config = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--config {args.config}: cannot read a JSON object ({e})")
+    if not isinstance(config, dict):
+        raise SystemExit(f"--config {args.config}: expected a JSON object of options")
     if args.out_dir:
         config["out_dir"] = args.out_dir
     if args.resume:
         config["resume"] = True
     cfg = TrainConfig.from_dict(config)
+    task = load_task(args.task)
     created = init_distributed(cfg.device)
     try:
         seed_everything(cfg.seed)  # same on every rank: identical model initialisation
-        parts = load_task(args.task)(config)
-        if len(parts) not in (3, 4):
-            raise ValueError("the task must return (model, data, loss_fn) or (model, data, loss_fn, on_epoch_end)")
-        model, data, loss_fn = parts[:3]
-        fit(model, data, loss_fn, cfg, on_epoch_end=parts[3] if len(parts) == 4 else None)
+        if args.task in TASKS:
+            model, history = task(config)
+            if is_main() and cfg.out_dir is not None:
+                path = save_model(model, export_path(model, cfg.out_dir))
+                print(f"{len(history)} epochs; exported {path} (load_model)")
+        else:
+            parts = task(config)
+            if len(parts) not in (3, 4):
+                raise ValueError("the task must return (model, data, loss_fn) or (model, data, loss_fn, on_epoch_end)")
+            model, data, loss_fn = parts[:3]
+            fit(model, data, loss_fn, cfg, on_epoch_end=parts[3] if len(parts) == 4 else None)
     finally:
-        if created and _dist_on():
+        if created and is_distributed():
             barrier()
             dist.destroy_process_group()
     return 0

@@ -1,4 +1,4 @@
-"""Asymmetric retrieval training (retrieval.tasks asymmetric section): data, asymmetric tuple mining,
+"""Asymmetric retrieval training (retrieval.tasks.asym): data, asymmetric tuple mining,
 every method's loss, training and resume, and the task under torchrun."""
 import json
 import os
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from retrieval.anchors import build_anchors
-from retrieval.datasets import generate, load_sfm
+from retrieval.datasets import load_sfm
+from retrieval.datasets.training import ImageGroups
 from retrieval.datasets.tuples import TupleMiner
 from retrieval.extract import ImageList
-from retrieval.tasks import (ASYM_METHODS, ImageGroups, asym_config, asym_distill, gallery_classifier, train_asym,
-                             train_subset)
+from retrieval.tasks import ASYM_METHODS, asym_config, asym_distill, gallery_classifier, train_asym, train_subset
 
 SMALL = dict(preset="tiny", backbone="mobilenet_v3_small", image_size=32, epochs=1, batch_size=8, optimizer="adamw",
              lr=1e-3, warmup_epochs=0, qsize=6, poolsize=30, nnum=2, device="cpu", log_every=1)
@@ -22,18 +22,17 @@ DIM = 64
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_data, tmp_path_factory):
     """Tiny data, fake 64-D "gallery descriptors" of its training split and PQ anchors on them."""
-    root = tmp_path_factory.mktemp("data")
-    generate("tiny", root, progress=False)
+    root, feats = tiny_data, tmp_path_factory.mktemp("asym")
     split = load_sfm(root, "synth-tiny")["train"]
     rng = np.random.default_rng(0)
     G = rng.normal(size=(len(split["paths"]), DIM)).astype(np.float32)
     G /= np.linalg.norm(G, axis=1, keepdims=True)
-    np.save(root / "gallery.npy", G)
+    np.save(feats / "gallery.npy", G)
     with pytest.warns(RuntimeWarning):
-        build_anchors(G, M=8, nbits=3, niter=3, nredo=1).save(root / "anchors.npz")
-    return dict(SMALL, root=str(root), gallery_features=str(root / "gallery.npy"), anchors=str(root / "anchors.npz"))
+        build_anchors(G, M=8, nbits=3, niter=3, nredo=1).save(feats / "anchors.npz")
+    return dict(SMALL, root=str(root), gallery_features=str(feats / "gallery.npy"), anchors=str(feats / "anchors.npz"))
 
 
 # --------------------------------------------------------------------------- data
@@ -170,6 +169,7 @@ def test_train_asym_ssp_learns_and_resumes(setup, tmp_path):
         assert torch.equal(again.eval()(x), model(x))
 
 
+@pytest.mark.slow
 def test_asym_task_under_torchrun_two_processes(setup, tmp_path):
     cfg = dict(setup, method="lce", out_dir=str(tmp_path / "ddp"), batch_size=4)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))

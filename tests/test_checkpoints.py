@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from retrieval.models import BACKBONES, POOLINGS, build_global_net
+from retrieval import catalog
 from retrieval.models import checkpoints as C
+from retrieval.models import save_model
 
 
 def make_net(whitening=False, p=2.7, seed=0):
@@ -108,7 +110,7 @@ def test_verify_file_prefix_full_and_mismatch(tmp_path):
 
 
 def test_paths_and_unknown_name(data_root):
-    assert C.networks_dir() == data_root / "networks"
+    assert catalog.networks_dir() == data_root / "networks"
     expected = data_root / "networks" / "gl18-tl-resnet50-gem-w-83fdc30.pth"
     assert C.published_path("gl18-tl-resnet50-gem-w") == expected
     with pytest.raises(ValueError) as e:
@@ -148,10 +150,10 @@ def test_load_published_from_data_dir_with_hash_check(data_root, monkeypatch):
     torch.save(published_dict(src), tmp)
     prefix = sha(tmp)[:7]
     name = "test-resnet18-gem-w"
-    entry = C.PublishedNet(f"{C._CIRTORCH}/test/{name}-{prefix}.pth", prefix, "resnet18", "gem", True,
+    entry = catalog.PublishedNet(f"{catalog._CIRTORCH}/test/{name}-{prefix}.pth", prefix, "resnet18", "gem", True,
                            512, "synthetic", "test", {})
     monkeypatch.setitem(C.PUBLISHED, name, entry)
-    C.networks_dir().mkdir()
+    catalog.networks_dir().mkdir()
     tmp.rename(C.published_path(name))
     net = C.load_published(name)
     with torch.no_grad():
@@ -242,7 +244,7 @@ def test_untrusted_pickled_objects_are_refused(tmp_path):
 def test_save_round_trip_in_published_layout(tmp_path, whitening):
     src = make_net(whitening)
     src.meta.update(trained=True, name="ours-r18")
-    path = C.save_cirtorch_checkpoint(src, tmp_path / "sub" / "ours.pth", epoch=3)
+    path = save_model(src, tmp_path / "sub" / "ours.pth", epoch=3)
     assert [p.name for p in path.parent.iterdir()] == ["ours.pth"]  # no temp file left
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert set(raw) == {"state_dict", "meta", "epoch"} and raw["epoch"] == 3
@@ -255,13 +257,13 @@ def test_save_round_trip_in_published_layout(tmp_path, whitening):
         torch.testing.assert_close(net(image()), src(image()), rtol=0, atol=0)
     assert net.meta["name"] == "ours-r18" and net.meta["outputdim"] == src.meta["outputdim"]
     with pytest.raises(ValueError, match="replace"):
-        C.save_cirtorch_checkpoint(src, tmp_path / "x.pth", meta={})
+        save_model(src, tmp_path / "x.pth", meta={})
 
 
 def test_untrained_flag_survives_round_trip(tmp_path):
     src = make_net()
     assert src.meta["trained"] is False
-    path = C.save_cirtorch_checkpoint(src, tmp_path / "u.pth")
+    path = save_model(src, tmp_path / "u.pth")
     net = C.load_checkpoint_dict(torch.load(path, weights_only=True))
     assert net.meta["trained"] is False and "name" not in net.meta
 
@@ -288,7 +290,7 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch):
 
     prefix = sha(blob)[:8]
     url = f"https://download.pytorch.org/models/resnet18-{prefix}.pth"
-    monkeypatch.setitem(C.TORCHVISION_WEIGHTS, "resnet18", C.TorchvisionWeights(url, prefix))
+    monkeypatch.setitem(C.TORCHVISION_WEIGHTS, "resnet18", catalog.TorchvisionWeights(url, prefix))
     dest = C.torchvision_weights_path("resnet18")
     dest.parent.mkdir(parents=True)
     blob.rename(dest)
@@ -343,8 +345,8 @@ def test_load_caffe_features_round_trip_with_hash_check(data_root, monkeypatch):
         C.load_caffe_features(net, blob)
 
     prefix = sha(blob)[:7]
-    url = f"{C._CAFFE}/imagenet-caffe-resnet50-features-{prefix}.pth"
-    monkeypatch.setitem(C.CAFFE_FEATURES, "resnet50", C.CaffeFeatures(url, prefix))
+    url = f"{catalog._CAFFE}/imagenet-caffe-resnet50-features-{prefix}.pth"
+    monkeypatch.setitem(C.CAFFE_FEATURES, "resnet50", catalog.CaffeFeatures(url, prefix))
     dest = C.caffe_features_path("resnet50")
     dest.parent.mkdir(parents=True)
     blob.rename(dest)

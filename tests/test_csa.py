@@ -1,4 +1,5 @@
-"""Tests for retrieval.models.csa (CSA re-ranking, Ouyang et al., NeurIPS 2021)."""
+"""Tests for CSA re-ranking (Ouyang et al., NeurIPS 2021): the model (retrieval.models.csa), re-ranking
+(retrieval.rerank.csa), training lists (retrieval.datasets.training.CSALists) and the task."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.models.csa import (CSA, DropPath, affinity_features, build_csa, csa_loss, csa_rerank,
-                                  csa_rerank_loop, load_published_state_dict, load_state_dict_mapped)
+from retrieval.models.csa import CSA, DropPath, build_csa, csa_loss, load_published_state_dict, load_state_dict_mapped
+from retrieval.rerank.csa import affinity_features, csa_rerank, csa_rerank_loop
 
 N_DB, N_Q, D, K, L = 60, 7, 16, 12, 8
 
@@ -328,7 +329,7 @@ def test_load_state_dict_mapped(data):
 
 
 def test_csa_lists_items_match_an_independent_construction():
-    from retrieval.models.csa import CSALists
+    from retrieval.datasets.training import CSALists
 
     rng = np.random.default_rng(3)
     X = rng.standard_normal((30, 8)).astype(np.float32)
@@ -357,12 +358,11 @@ def test_csa_lists_items_match_an_independent_construction():
         CSALists(X, labels[:5], K=6, L=4)
 
 
-def test_csa_task_trains_a_step(tmp_path):
-    from retrieval.datasets import generate, load_sfm
+def test_csa_task_trains_a_step(tiny_data, tmp_path):
+    from retrieval.datasets import load_sfm
     from retrieval.tasks import csa_config, train_csa
 
-    root = tmp_path / "data"
-    generate("tiny", root, progress=False)
+    root = tiny_data
     split = load_sfm(root, "synth-tiny")["train"]
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((max(split["labels"]) + 1, 16))
@@ -395,16 +395,16 @@ def test_inference_benchmark_runs_and_agrees(tmp_path):
     assert _json.loads((tmp_path / "b.json").read_text())["K"] == 12
 
 
-def test_csa_task_whitens_training_features(tmp_path):
+def test_csa_task_whitens_training_features(tiny_data, tmp_path):
     """``whitening`` is applied to the training descriptors before the lists are built, and
     ``train_features`` may be an extract_cached .npz."""
-    from retrieval.datasets import generate, load_sfm
+    from retrieval.datasets import load_sfm
+    from retrieval.datasets.training import CSALists
+    from retrieval.io import load_vectors
     from retrieval.models.whitening import Whitening
-    from retrieval.models.csa import CSALists
-    from retrieval.tasks import csa_config, csa_lists, load_vectors
+    from retrieval.tasks import csa_config, csa_lists
 
-    root = tmp_path / "data"
-    generate("tiny", root, progress=False)
+    root = tiny_data
     labels = np.asarray(load_sfm(root, "synth-tiny")["train"]["labels"])
     rng = np.random.default_rng(1)
     X = rng.standard_normal((len(labels), 12)).astype(np.float32)
@@ -439,13 +439,12 @@ def test_csa_task_whitens_training_features(tmp_path):
         load_vectors(tmp_path / "missing.npy")
 
 
-def test_csa_task_initial_weights_follow_the_seed_only(tmp_path):
+def test_csa_task_initial_weights_follow_the_seed_only(tiny_data, tmp_path):
     """The model is built from ``seed`` whatever the global RNG state (fresh processes, torchrun)."""
-    from retrieval.datasets import generate, load_sfm
+    from retrieval.datasets import load_sfm
     from retrieval.tasks import csa_config, csa_lists
 
-    root = tmp_path / "data"
-    generate("tiny", root, progress=False)
+    root = tiny_data
     n = len(load_sfm(root, "synth-tiny")["train"]["labels"])
     X = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
     np.save(tmp_path / "X.npy", X / np.linalg.norm(X, axis=1, keepdims=True))
@@ -463,7 +462,7 @@ def test_csa_task_initial_weights_follow_the_seed_only(tmp_path):
 def test_training_lists_count_the_query_like_the_authors():
     """The authors' RerankDataset_TopKSIM takes each image's top ``topk`` by self-similarity (the
     image itself first): topk = 512 is the query + 511 candidates, i.e. K = 511 here."""
-    from retrieval.models.csa import CSALists
+    from retrieval.datasets.training import CSALists
     from retrieval.tasks import csa_config
 
     cfg = csa_config()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from retrieval.models import build_global_net, build_query_net
-from retrieval.models.checkpoints import save_cirtorch_checkpoint
+from retrieval.models import save_model
 from retrieval.tasks import init_query_net
 
 
@@ -13,7 +13,7 @@ def test_init_query_net_reproduces_the_global_network(tmp_path):
     src = build_global_net("resnet18", "gem").eval()
     with torch.no_grad():
         src.pool.p.fill_(2.2)
-    path = save_cirtorch_checkpoint(src, tmp_path / "net.pth")
+    path = save_model(src, tmp_path / "net.pth")
     torch.manual_seed(1)
     student = build_query_net("resnet18", 512).eval()
     x = torch.randn(2, 3, 64, 80)

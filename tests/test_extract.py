@@ -200,8 +200,8 @@ def test_bad_image_size(model, images):
 
 # --------------------------------------------------------------------------- extract_dataset
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return get_test("synth", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)
+def dataset(tiny_data):
+    return get_test("synth", "tiny", root=tiny_data, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -98,22 +98,24 @@ def test_grid_helpers():
     with pytest.raises(TypeError, match="'resume'"):
         check_parameters({"resume": 1}, {"resume": True})
     defaults = G.notebook_defaults("notebooks/01_extract_features.ipynb", "smoke")
-    assert defaults["preset"] == "tiny" and defaults["dataset"] == "synth" and "SMOKE" not in defaults
+    assert defaults["image_size"] == 128 and defaults["dataset"] == "synth" and "SMOKE" not in defaults  # the smoke values
+    assert defaults["preset"] is None and defaults["data_seed"] is None  # the run's benchmark (00_data)
 
 
-def test_network_spec_and_train_name(tmp_path):
+def test_network_file_and_train_name(tmp_path):
     from retrieval import datasets
-    from retrieval.config import network_spec
+    from retrieval.layout import RunLayout
 
-    assert network_spec("gl18-tl-resnet101-gem-w") == "gl18-tl-resnet101-gem-w"
-    assert network_spec("gl18-tl-resnet101-gem-w-ms") == "gl18-tl-resnet101-gem-w"   # 01's multi-scale name
-    assert network_spec("gl18-tl-resnet101-gem-w", path=True).name == "gl18-tl-resnet101-gem-w-a4d43db.pth"
+    layout = RunLayout(tmp_path)
+    assert layout.network_file("gl18-tl-resnet101-gem-w").name == "gl18-tl-resnet101-gem-w-a4d43db.pth"
+    assert layout.network_file("gl18-tl-resnet101-gem-w-ms").name == "gl18-tl-resnet101-gem-w-a4d43db.pth"  # 01's -ms
     (tmp_path / "train_global").mkdir()
     (tmp_path / "train_global" / "gem-resnet18.pth").write_bytes(b"x")
-    assert network_spec("gem-resnet18", tmp_path) == tmp_path / "train_global" / "gem-resnet18.pth"
+    assert layout.network_file("gem-resnet18") == tmp_path / "train_global" / "gem-resnet18.pth"
     with pytest.raises(FileNotFoundError, match="network='gem-resnet50': not a published network"):
-        network_spec("gem-resnet50", tmp_path)
+        layout.network_file("gem-resnet50")
     assert datasets.train_name("roxford5k") == "retrieval-SfM-120k"
     assert datasets.train_name("synth", "tiny") == datasets.dataset_name("tiny")
+    assert datasets.train_name("synth", "tiny", seed=7) == datasets.dataset_name("tiny", seed=7) == "synth-tiny-s7"
     with pytest.raises(FileNotFoundError, match="download roxford5k"):
         datasets.get_test("roxford5k", root=tmp_path)

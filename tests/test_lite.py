@@ -93,11 +93,11 @@ def test_backbone_any_input_size_and_meta(lite0):
 
 
 def test_checkpoint_round_trip_keeps_normalisation(tmp_path):
-    from retrieval.models import load_network, save_cirtorch_checkpoint
+    from retrieval.models import load_model, save_model
 
     net = build_global_net("efficientnet_lite0", "gem", weights="imagenet").eval()
-    save_cirtorch_checkpoint(net, tmp_path / "n.pth")
-    back = load_network(tmp_path / "n.pth")
+    save_model(net, tmp_path / "n.pth")
+    back = load_model(tmp_path / "n.pth")
     assert back.meta["mean"] == LITE_MEAN and back.meta["weights"] == "imagenet" and back.name == net.name
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -403,6 +403,7 @@ def test_errors():
 
 
 # --------------------------------------------------------------------------- scale
+@pytest.mark.slow
 def test_scale_one_million():
     rng = np.random.default_rng(9)
     n_db, nq = 1_000_000, 8

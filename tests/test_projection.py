@@ -8,22 +8,21 @@ from retrieval.tasks import projection_config, projection_pairs, train_projectio
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    from retrieval.datasets import generate, load_sfm
+def split(tiny_data, tmp_path_factory):
+    from retrieval.datasets import load_sfm
 
-    root = tmp_path_factory.mktemp("data")
-    generate("tiny", root, progress=False)
+    root, feats = tiny_data, tmp_path_factory.mktemp("projection")
     labels = np.asarray(load_sfm(root, "synth-tiny")["train"]["labels"])
     rng = np.random.default_rng(0)
     X = rng.standard_normal((labels.max() + 1, 24))[labels] + 0.8 * rng.standard_normal((len(labels), 24))
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    np.save(root / "X.npy", X)
-    return root, X, labels
+    np.save(feats / "X.npy", X)
+    return root, X, labels, feats / "X.npy"
 
 
 def test_pca_init_is_the_pca_projection(split):
-    root, X, _ = split
-    cfg = projection_config(train_features=str(root / "X.npy"), preset="tiny", root=str(root), dim=5)
+    root, X, _, features = split
+    cfg = projection_config(train_features=str(features), preset="tiny", root=str(root), dim=5)
     model = projection_pairs(cfg)[0].eval()
     Xc = X.astype(np.float64) - X.mean(0)
     _, _, Vt = np.linalg.svd(Xc, full_matrices=False)
@@ -37,8 +36,8 @@ def test_pca_init_is_the_pca_projection(split):
 
 @pytest.mark.parametrize("loss", ["lifted", "pairs"])
 def test_training_lowers_the_loss(split, loss, tmp_path):
-    root, X, _ = split
-    cfg = projection_config(train_features=str(root / "X.npy"), preset="tiny", root=str(root), dim=4,
+    root, X, _, features = split
+    cfg = projection_config(train_features=str(features), preset="tiny", root=str(root), dim=4,
                             loss=loss, margin=1.0 if loss == "lifted" else 0.7, init="random", epochs=8,
                             batch_size=32, lr=5e-3, device="cpu", out_dir=str(tmp_path / loss))
     model, history = train_projection(cfg)
@@ -47,8 +46,8 @@ def test_training_lowers_the_loss(split, loss, tmp_path):
 
 
 def test_bad_options(split):
-    root, _, _ = split
-    base = dict(train_features=str(root / "X.npy"), preset="tiny", root=str(root))
+    root, _, _, features = split
+    base = dict(train_features=str(features), preset="tiny", root=str(root))
     with pytest.raises(ValueError, match="dim must be in 1..24"):
         projection_pairs(projection_config(**base, dim=25))
     with pytest.raises(ValueError, match="init must be"):

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retrieval.metrics import compute_map, evaluate, protocol_gnd
-from retrieval.models.csa import build_csa, csa_rerank, csa_rerank_loop
-from retrieval.rerank import aqe, alpha_qe, dba, diffusion, qe_vectors, rerank_dba
+from retrieval.models.csa import build_csa
+from retrieval.rerank import aqe, alpha_qe, csa_rerank, csa_rerank_loop, dba, diffusion, qe_vectors, rerank_dba
 from retrieval.search import exact_search
 
 # deterministic (CI-stable) and quick: random inputs drawn from a fixed seed, no example database

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.models import (BACKBONES, build_backbone, build_global_net, build_query_net, complexity, load_query_net,
-                              save_query_net)
+from retrieval.models import (BACKBONES, build_backbone, build_global_net, build_query_net, complexity, load_model,
+                              save_model)
 
 
 # --------------------------------------------------------------------------- query networks
@@ -42,8 +42,8 @@ def test_query_net_parts_and_round_trip(tmp_path):
     net.transform(net.head, update_stats=False)
     assert torch.equal(before, net.transform.bn1.running_mean)
     net.meta["name"] = "lce-mobilenet_v3_small"
-    path = save_query_net(net.eval(), tmp_path / "q.pth")
-    loaded = load_query_net(path)
+    path = save_model(net.eval(), tmp_path / "q.pth")
+    loaded = load_model(path, kind="query")
     x = torch.randn(2, 3, 40, 30)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
@@ -51,7 +51,7 @@ def test_query_net_parts_and_round_trip(tmp_path):
     with pytest.raises(ValueError, match="transform=True"):
         build_query_net("mobilenet_v3_small", dim=32, transform=True)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
-        load_query_net(tmp_path / "absent.pth")
+        load_model(tmp_path / "absent.pth")
 
 
 def test_complexity_counts_flops_with_the_library():

@@ -25,9 +25,9 @@ from retrieval.extract import extract_dataset, extract_vectors
 from retrieval.io import atomic_save_npy, atomic_write_json, load_features, save_features
 from retrieval.metrics import compute_map, evaluate
 from retrieval.models import build_global_net
-from retrieval.models.checkpoints import load_network, save_cirtorch_checkpoint
-from retrieval.models.csa import build_csa, csa_rerank
-from retrieval.rerank import aqe, alpha_qe, dba, diffusion, rerank_dba
+from retrieval.models import load_model, save_model
+from retrieval.models.csa import build_csa
+from retrieval.rerank import aqe, alpha_qe, csa_rerank, dba, diffusion, rerank_dba
 from retrieval.search import search
 
 SIZE = 32  # image size of the extraction tests: small, the network is only a function here
@@ -44,9 +44,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    return root, get_test("synth", "tiny", root=root, progress=False)
+def tiny(tiny_data):
+    return tiny_data, get_test("synth", "tiny", root=tiny_data, progress=False)
 
 
 def png(path, arr, mode=None):
@@ -241,24 +240,27 @@ def test_feature_file_with_nan_or_wrong_dimension_names_the_file(tmp_path):
 # =========================================================================== bad input: checkpoints
 def test_cirtorch_checkpoint_of_another_architecture_names_the_file(tmp_path):
     net = resnet18()
-    path = save_cirtorch_checkpoint(net, tmp_path / "r18.pth")
+    path = save_model(net, tmp_path / "r18.pth")
     ck = torch.load(path, weights_only=True)
     ck["meta"]["architecture"] = "resnet50"        # the meta claims another backbone than the weights
     torch.save(ck, tmp_path / "claims-r50.pth")
     with pytest.raises(ValueError, match=r"claims-r50\.pth.*do not fit a resnet50"):
-        load_network(tmp_path / "claims-r50.pth")
-    # a training checkpoint (fit's layout) is not a network file
-    torch.save({"model": net.state_dict(), "epoch": 1}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match=r"checkpoint\.pt.*not a cirtorch checkpoint"):
-        load_network(tmp_path / "checkpoint.pt")
+        load_model(tmp_path / "claims-r50.pth")
+    # a training checkpoint of an older fit (no meta) names what is missing
+    torch.save({"model": net.state_dict(), "epoch": 1, "task": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt.*without the model's meta"):
+        load_model(tmp_path / "checkpoint.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")  # no meta, no kind
+    with pytest.raises(ValueError, match=r"other\.pt.*kind='token' or kind='csa'"):
+        load_model(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("loader", ["load_network", "load_checkpoint"])
+@pytest.mark.parametrize("loader", ["load_model", "load_checkpoint"])
 def test_truncated_checkpoint_names_the_file(tmp_path, loader):
-    path = save_cirtorch_checkpoint(resnet18(), tmp_path / "net.pth")
+    path = save_model(resnet18(), tmp_path / "net.pth")
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(ValueError, match=r"net\.pth: cannot read the checkpoint"):
-        load_network(path) if loader == "load_network" else rt.load_checkpoint(path)
+        load_model(path) if loader == "load_model" else rt.load_checkpoint(path)
 
 
 def _toy_data():
@@ -334,8 +336,7 @@ def _writers():
                             lambda p: np.load(p)[0, 0]),
         "train.save_checkpoint": (lambda p: rt.save_checkpoint(p, {"model": net.state_dict()}),
                                   lambda p: sorted(rt.load_checkpoint(p))),
-        "save_cirtorch_checkpoint": (lambda p: save_cirtorch_checkpoint(net, p),
-                                     lambda p: load_network(p).meta["whitening"]),
+        "save_model": (lambda p: save_model(net, p), lambda p: load_model(p).meta["whitening"]),
     }
 
 
@@ -372,7 +373,7 @@ def _previous(name, path):
         rt.save_checkpoint(path, {"epoch": 3})
         return ["epoch"]
     torch.manual_seed(0)
-    save_cirtorch_checkpoint(build_global_net("resnet18", "gem", whitening=True).eval(), path)
+    save_model(build_global_net("resnet18", "gem", whitening=True).eval(), path)
     return True
 
 
@@ -436,6 +437,7 @@ EXTRACT_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_without_recomputing_finished_shards(model, tiny, tmp_path, monkeypatch):
     root, ds = tiny
     script = tmp_path / "extract_and_die.py"
@@ -536,6 +538,7 @@ def _train(tmp_path, out, kill_at=0, resume=False):
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     (tmp_path / "toy_kill_task.py").write_text(TASK)
     # the uninterrupted reference: the same command line, in this process on one thread

@@ -68,7 +68,8 @@ def test_papermill_runs_a_notebook_with_overridden_parameters(tmp_path, monkeypa
                                              "poolings": ["mac"], "fig_dir": str(tmp_path / "fig")})
     assert list(metrics) == ["synth-tiny"]  # the smoke profile picked the tiny preset
     res = metrics["synth-tiny"]["mac-resnet18-untrained"]
-    assert set(res) == set(runs.PROTOCOLS)
+    assert set(res) == set(runs.PROTOCOLS) | {"recorded"}
+    assert res["recorded"]["notebook"] == "01_extract_features" and res["recorded"]["image_size"] == 128
     assert all(0.0 <= v <= 1.0 for p in runs.PROTOCOLS for v in res[p].values())
     assert (tmp_path / "run" / "01_extract_features.ipynb").is_file()
     assert (tmp_path / "fig" / "01_per_query_ap.png").stat().st_size > 0
@@ -76,11 +77,14 @@ def test_papermill_runs_a_notebook_with_overridden_parameters(tmp_path, monkeypa
 
 
 def test_whitening_choice_round_trip(tmp_path):
-    from retrieval.runs import record_whitening_choice, whitening_path
+    from retrieval.layout import RunLayout
+
+    layout = RunLayout(tmp_path)
+    whitening_path, record_whitening_choice = layout.whitening, layout.record_whitening_choice
 
     with pytest.raises(FileNotFoundError, match="02_train_global"):
-        whitening_path(tmp_path, "gem-x", "val")
-    record_whitening_choice(tmp_path, "gem-x", 0.25, {0.0: 0.4, 0.25: 0.5})
-    path, alpha = whitening_path(tmp_path, "gem-x", "val")
+        whitening_path("gem-x", "val")
+    record_whitening_choice("gem-x", 0.25, {0.0: 0.4, 0.25: 0.5})
+    path, alpha = whitening_path("gem-x", "val")
     assert alpha == 0.25 and path == tmp_path / "train_global" / "whitening_lw0.25_gem-x.npz"
-    assert whitening_path(tmp_path, "gem-x", 0.5) == (tmp_path / "train_global" / "whitening_lw0.5_gem-x.npz", 0.5)
+    assert whitening_path("gem-x", 0.5) == (tmp_path / "train_global" / "whitening_lw0.5_gem-x.npz", 0.5)

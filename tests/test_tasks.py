@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from retrieval.datasets import generate
-from retrieval.models import load_network, save_cirtorch_checkpoint
+from retrieval.models import load_model, save_model
 from retrieval.tasks import global_config, global_tuples, train_global
 
 SMALL = dict(preset="tiny", backbone="resnet18", image_size=64, qsize=4, poolsize=16, nnum=2,
@@ -17,10 +16,8 @@ SMALL = dict(preset="tiny", backbone="resnet18", image_size=64, qsize=4, poolsiz
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate("tiny", root, progress=False)
-    return root
+def root(tiny_data):
+    return tiny_data
 
 
 def test_global_config_rejects_unknown_options():
@@ -45,8 +42,8 @@ def test_train_global_learns_and_round_trips(root, tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     assert model.name == "gem-resnet18" and model.meta["trained"]
-    path = save_cirtorch_checkpoint(model, tmp_path / "net.pth")
-    loaded = load_network(path)
+    path = save_model(model, tmp_path / "net.pth")
+    loaded = load_model(path)
     x = torch.randn(1, 3, 64, 64)
     model.eval()
     assert torch.equal(loaded(x), model(x)) and loaded.name == "gem-resnet18"
@@ -54,6 +51,7 @@ def test_train_global_learns_and_round_trips(root, tmp_path):
     assert model.meta == loaded.meta and model.meta["p"] != 3.0
 
 
+@pytest.mark.slow
 def test_global_task_under_torchrun_two_processes(root, tmp_path):
     cfg = dict(SMALL, root=str(root), out_dir=str(tmp_path / "ddp"), epochs=1, batch_size=1)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))

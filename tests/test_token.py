@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrieval.datasets import generate, load_sfm
+from retrieval.datasets import load_sfm
 from retrieval.extract import extract_vectors
-from retrieval.models import build_global_net
-from retrieval.models.local import (asmk_bytes_per_image, asmk_index, asmk_params, asmk_search, extract_local,
-                                    token_local_features, top_locations)
+from retrieval.models import build_global_net, load_model, save_model
+from retrieval.models.local import extract_local, token_local_features, top_locations
 from retrieval.models.token import (Attention, Decoder, Encoder, build_token, init_backbone_from_global,
-                                    load_token, load_token_state_dict, multihead_attention, save_token,
-                                    spatial_attention, tokenize)
+                                    load_token_state_dict, multihead_attention, spatial_attention, tokenize)
+from retrieval.search import asmk_bytes_per_image, asmk_index, asmk_params, asmk_search
 
 SMALL = dict(backbone="resnet18", dim=32, tokens=3, heads=4, outputdim=24)
 
@@ -26,10 +25,8 @@ def _model(**kw):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate("tiny", root, progress=False)
-    return root
+def root(tiny_data):
+    return tiny_data
 
 
 # --------------------------------------------------------------------------- functions
@@ -190,8 +187,8 @@ def test_backbone_from_global_network_and_save_load(tmp_path):
     assert torch.allclose(m.backbone(x), gem.features(x), atol=1e-6)
     with pytest.raises(ValueError, match="backbone weights"):
         init_backbone_from_global(m, build_global_net("resnet34").state_dict())
-    path = save_token(m, tmp_path / "token.pth")
-    back = load_token(path)
+    path = save_model(m, tmp_path / "token.pth")
+    back = load_model(path)
     assert torch.allclose(back(x), m(x), atol=1e-6) and back.classifier is not None
     assert back.meta["tokens"] == 3 and back.meta["mean"] == m.meta["mean"]
 
@@ -206,7 +203,8 @@ def test_shared_extractor_single_and_multi_scale(root):
 
 
 def test_token_task_trains_and_resume_refuses_another_experiment(root, tmp_path):
-    from retrieval.tasks import LabelledImages, token_classification, token_config, train_token
+    from retrieval.datasets.training import LabelledImages
+    from retrieval.tasks import token_classification, token_config, train_token
 
     cfg = token_config(root=str(root), preset="tiny", **SMALL, image_size=48, images_per_epoch=8, epochs=1,
                        batch_size=4, optimizer="adamw", lr=1e-3, warmup_epochs=0, device="cpu",

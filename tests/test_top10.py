@@ -30,10 +30,10 @@ def oracle_ranks(gnd, n_db):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_data, tmp_path_factory):
     """A tiny synthetic test set and a run folder with two methods' lists: seeded random ranks
     ("first") and the ground-truth order ("first+oracle")."""
-    root = tmp_path_factory.mktemp("data")
+    root = tiny_data
     ds = get_test("synth", "tiny", root=root, progress=False)
     run_dir = tmp_path_factory.mktemp("run")
     rng = np.random.default_rng(0)

@@ -300,6 +300,7 @@ def test_history_lr_follows_schedule_and_grad_clip(toy, tmp_path):
 
 
 # --------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_with_double_batch(toy, tmp_path):
     """torchrun, 2 gloo processes x batch 8 == 1 process x batch 16 (same permutation, averaged grads)."""
     common = dict(epochs=3, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=1e-4, warmup_steps=2,
@@ -359,7 +360,7 @@ def test_ddp_two_processes_match_one_process_with_double_batch(toy, tmp_path):
 
 
 def test_sharded_helpers_without_distributed():
-    assert not rt._dist_on() and rt.world() == 1 and rt.is_main()
+    assert not rt.is_distributed() and rt.world() == 1 and rt.is_main()
     assert rt.sharded_map(lambda x: x + 1, [3, 1, 2]) == [4, 2, 3]
     out = rt.sharded_extract(lambda ps: torch.tensor([[float(len(p))] for p in ps]), ["ab", "c"])
     assert out.tolist() == [[2.0], [1.0]]

@@ -6,17 +6,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from retrieval.datasets import generate, load_sfm
+from retrieval.datasets import load_sfm
 from retrieval.datasets.tuples import IMAGENET_MEAN, IMAGENET_STD, TupleMiner, TuplesDataset
 
 NAME = "synth-tiny"
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("synth_tuples")
-    generate("tiny", root=root, progress=False, workers=2)
-    return load_sfm(root, NAME)["train"]
+def split(tiny_data) -> dict:
+    return load_sfm(tiny_data, NAME)["train"]
 
 
 class FakeNet:

@@ -13,8 +13,8 @@ from retrieval.datasets import get_test  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return get_test("synth", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)
+def dataset(tiny_data):
+    return get_test("synth", "tiny", root=tiny_data, progress=False)
 
 
 def test_show_examples_labels_match_ground_truth(dataset):

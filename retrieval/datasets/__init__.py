@@ -53,11 +53,11 @@ def get_test(dataset: str = "synth", preset: str = "default", root: str | os.Pat
     return add_distractors(ds, r1m_paths(root, distractors), distractors) if distractors else ds
 
 
-def train_name(dataset: str = "synth", preset: str = "default") -> str:
-    """The training split that goes with a test set: the synthetic preset's own for ``synth``,
-    ``retrieval-SfM-120k`` (downloaded) for the real test sets."""
-    resolve_name(dataset, preset)  # checks the name
-    return "retrieval-SfM-120k" if dataset in REAL_TEST else dataset_name(preset)
+def train_name(dataset: str = "synth", preset: str = "default", difficulty: float = 1.0, seed: int = 0) -> str:
+    """The training split that goes with a test set: the synthetic benchmark's own for ``synth``
+    (same preset, difficulty and seed), ``retrieval-SfM-120k`` (downloaded) for the real test sets."""
+    resolve_name(dataset, preset, difficulty, seed)  # checks the name
+    return "retrieval-SfM-120k" if dataset in REAL_TEST else dataset_name(preset, difficulty, seed)
 
 
 __all__ = ["CLASSIC_TEST", "PRESETS", "REAL_TEST", "REVISITED_TEST", "RevisitedDataset", "cid2filename",

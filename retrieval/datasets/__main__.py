@@ -6,6 +6,19 @@ import argparse
 import sys
 
 from . import generate
+from .download import GROUPS, RESOURCES
+
+
+def listing() -> str:
+    """One line per resource: name, description, file count, notes."""
+    lines = []
+    for r in RESOURCES.values():
+        alias = f" (alias {', '.join(r.aliases)})" if r.aliases else ""
+        parts = f", parts {r.parts[0]}..{r.parts[-1]}" if r.parts else ""
+        lines.append(f"{r.name}{alias}: {r.description}; {len(r.files)} file(s){parts}"
+                     + (f"; {r.notes}" if r.notes else ""))
+    lines.append("groups: " + "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -39,7 +52,7 @@ def main(argv=None) -> int:
             print(f"{split}: {path}")
         return 0
 
-    from .download import DownloadError, download, listing, verify
+    from .download import DownloadError, download, verify
 
     if args.cmd == "download" and (args.list or not args.names):
         print(listing())

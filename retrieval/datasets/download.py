@@ -16,11 +16,11 @@ An image archive that another resource already unpacked (Oxford5k and ROxf share
 ``oxbuild_images-v1.tgz``, Paris6k and RPar the two Paris archives) is not downloaded again: its
 files are hard-linked (copied across file systems) from there.
 
-Transfers go to a hidden ``.<name>.part`` file next to the destination, resume with an HTTP
-``Range`` request after an interruption, and are renamed into place only once complete and
-verified, so a broken download never leaves a file that looks complete. Archives are unpacked into
-a temporary folder first and moved into the documented layout (``data/README.md``) only when the
-whole archive read cleanly; a marker ``data/downloads/<resource>/<archive>.extracted.json`` then
+Transfers (:mod:`retrieval.datasets.fetch`) go to a hidden ``.<name>.part`` file next to the destination,
+resume with an HTTP ``Range`` request after an interruption, and are renamed into place only once
+complete and verified, so a broken download never leaves a file that looks complete. Archives are
+unpacked into a temporary folder first and moved into the documented layout (``data/README.md``) only
+when the whole archive read cleanly; a marker ``data/downloads/<resource>/<archive>.extracted.json`` then
 records it (and the member list, used for R1M subsets) so that reruns skip it.
 
 Command line: ``python -m retrieval.datasets download roxford5k`` (``--parts 1-10`` for a subset of
@@ -29,14 +29,9 @@ R1M / GLDv2 shards, ``--list`` for every name); from Python: ``download("roxford
 
 from __future__ import annotations
 
-import errno
-import http.client
 import json
 import os
 import shutil
-import socket
-import tarfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,22 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import atomic_write_json, file_hash
-
-CHUNK = 1 << 20
-USER_AGENT = "landmark-retrieval-lab/0.1 (python urllib)"
-
-
-class DownloadError(RuntimeError):
-    """A download that cannot complete: no network, HTTP error, disk full, bad archive."""
-
-
-class IncompleteDownload(DownloadError):
-    """The transfer stopped early; the ``.part`` file is kept and the next attempt resumes it."""
-
-
-class ChecksumError(DownloadError):
-    """The downloaded (or placed) file's hash differs from the expected one."""
-
+from .fetch import (ChecksumError, ChecksumRegistry, DownloadError, IncompleteDownload, check_hash, extract_archive, fetch,
+                    fetch_md5, mirrored)
 
 # --------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
@@ -125,7 +106,7 @@ def _test_set(name: str, archives: list[str], folder: str, description: str) -> 
 
 
 def _build() -> dict[str, Resource]:
-    from ..models.checkpoints import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
+    from ..catalog import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
 
     res = [
         # sources: cnnimageretrieval-pytorch cirtorch/utils/download.py (download_test, download_train),
@@ -178,7 +159,7 @@ def _build() -> dict[str, Resource]:
                         ("r101", "https://drive.google.com/file/d/1g_fvpaSyYn9QmzyVnoY7cDlUL7EZWbZz/view")):
         res.append(Resource(f"token-{arch}", f"Token {arch.upper()} checkpoint of its authors (manual download)",
                             (RemoteFile(drive, f"networks/token_{arch}.pth", manual=True),),
-                            notes="load with retrieval.models.token.load_released_token"))
+                            notes="load with retrieval.models.load_model(path, kind='token')"))
     return {r.name: r for r in res}
 
 
@@ -221,234 +202,6 @@ def parse_parts(spec: str | int | list | tuple | None, available: tuple[int, ...
         raise ValueError(f"parts={spec!r} for {name}: parts are {available[0]}..{available[-1]}"
                          + (f"; not available: {bad[:10]}" if bad else ""))
     return tuple(sorted(chosen))
-
-
-# --------------------------------------------------------------------------- checksums
-class ChecksumRegistry:
-    """``<root>/checksums.json``: sha256 and size of files with no published checksum, recorded on
-    their first download (keyed by the official URL) and checked on every later one."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        try:
-            self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
-        except ValueError as e:
-            raise ValueError(f"{self.path}: not valid JSON ({e}); fix or delete it (it only records "
-                             "hashes of earlier downloads)") from e
-
-    def get(self, url: str) -> str | None:
-        entry = self.entries.get(url)
-        return entry["sha256"] if entry else None
-
-    def record(self, url: str, sha256: str, size: int) -> None:
-        self.entries[url] = {"sha256": sha256, "bytes": int(size), "recorded": time.strftime("%Y-%m-%d")}
-        atomic_write_json(self.path, self.entries)
-
-    def forget(self, url: str) -> None:
-        if self.entries.pop(url, None) is not None:
-            atomic_write_json(self.path, self.entries)
-
-
-def _check_hash(path: Path, expected: str | None, algorithm: str, source: str) -> None:
-    if not expected:
-        return
-    got = file_hash(path, algorithm)
-    if not got.startswith(expected.lower()):
-        raise ChecksumError(f"{source}: {algorithm} mismatch for {path}: expected {expected}, got {got} "
-                            "(corrupt or changed upstream)")
-
-
-# --------------------------------------------------------------------------- HTTP
-def _host(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc
-
-
-def mirrored(url: str, mirror: str | None) -> str:
-    """``url`` served by ``mirror`` (a base URL holding ``<host>/<path>`` of the official URL)."""
-    if not mirror:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
-
-
-def _total_from_range(value: str | None) -> int | None:
-    # "bytes 100-199/200" or "bytes */200"
-    if value and "/" in value and value.rsplit("/", 1)[1].strip().isdigit():
-        return int(value.rsplit("/", 1)[1])
-    return None
-
-
-def _transfer(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
-    """Fetch ``url`` into ``part``, continuing from its current size with a Range request."""
-    from tqdm.auto import tqdm
-
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # range past the end: complete already, or the file changed
-            if _total_from_range(e.headers.get("Content-Range")) == offset:
-                return
-            part.unlink()
-            raise IncompleteDownload(f"{url}: the server refused to resume at byte {offset}; restarting") from e
-        if e.code == 404:
-            raise DownloadError(f"{url}: 404 Not Found (moved or removed upstream? see data/README.md "
-                                "for the sources)") from e
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
-    except urllib.error.URLError as e:
-        raise DownloadError(f"cannot reach {_host(url)} for {url} ({e.reason}): no network, a proxy "
-                            "needed, or the server is down") from e
-    except (TimeoutError, socket.timeout, ConnectionError) as e:
-        raise IncompleteDownload(f"{url}: connection failed ({e})") from e
-    with resp:
-        length = resp.headers.get("Content-Length")
-        if offset and resp.status == 206:
-            total = _total_from_range(resp.headers.get("Content-Range"))
-            total = total if total is not None else (offset + int(length) if length else None)
-            mode = "ab"
-        else:  # a full response: the server ignored the range (or nothing to resume)
-            offset, mode = 0, "wb"
-            total = int(length) if length else None
-        if total is not None:
-            free = shutil.disk_usage(part.parent).free
-            if free < total - offset:
-                raise DownloadError(f"disk full: {part.parent} has {free / 1e9:.2f} GB free, "
-                                    f"{url} needs {(total - offset) / 1e9:.2f} GB more")
-        with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=desc, disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    block = resp.read(CHUNK)
-                except (http.client.IncompleteRead, TimeoutError, socket.timeout, ConnectionError) as e:
-                    raise IncompleteDownload(f"{url}: transfer interrupted ({type(e).__name__}); "
-                                             f"{part} is kept and resumed next time") from e
-                if not block:
-                    break
-                try:
-                    fh.write(block)
-                except OSError as e:
-                    if e.errno == errno.ENOSPC:
-                        raise DownloadError(f"disk full while writing {part} (from {url}); free space and "
-                                            "rerun: the download resumes") from e
-                    raise
-                bar.update(len(block))
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise IncompleteDownload(f"{url}: transfer stopped at {size} of {total} bytes; {part} is kept and "
-                                 "resumed next time")
-
-
-def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
-          progress: bool = True, retries: int = 3, timeout: float = 60.0, backoff: float = 2.0,
-          source: str | None = None) -> str:
-    """Download ``url`` to ``dest`` (resumable, verified, atomic); returns the file's sha256.
-
-    The bytes go to ``.<dest name>.part`` (kept on interruption; an interrupted transfer is resumed
-    with a Range request, up to ``retries`` times here and again on the next call). Only a complete
-    file whose ``sha256`` (prefix or full) and ``md5`` match is renamed to ``dest``; on a mismatch
-    the partial file is deleted and :class:`ChecksumError` raised. ``source`` names the URL in
-    messages (the official one when ``url`` is a mirror).
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.part")
-    source = source or url
-    for attempt in range(retries + 1):
-        try:
-            _transfer(url, part, timeout, progress, desc=dest.name)
-            break
-        except IncompleteDownload:
-            if attempt == retries:
-                raise
-            time.sleep(backoff * 2 ** attempt)
-    try:
-        _check_hash(part, sha256, "sha256", source)
-        _check_hash(part, md5, "md5", source)
-    except ChecksumError:
-        part.unlink()
-        raise
-    digest = file_hash(part)
-    os.replace(part, dest)
-    return digest
-
-
-def fetch_md5(url: str, timeout: float = 60.0) -> str:
-    """The md5 in a published md5sum file (``<32 hex>  <name>``)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
-                                    timeout=timeout) as resp:
-            text = resp.read(4096).decode("ascii", "replace")
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason} (md5 file)") from e
-    except urllib.error.URLError as e:
-        raise DownloadError(f"cannot reach {_host(url)} for {url} ({e.reason})") from e
-    token = text.split()[0].lower() if text.split() else ""
-    if len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
-        raise DownloadError(f"{url}: not an md5sum file (starts with {text[:40]!r})")
-    return token
-
-
-# --------------------------------------------------------------------------- archives
-def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
-    files = []
-    for m in tar.getmembers():
-        parts = Path(m.name).parts
-        if m.name.startswith(("/", "\\")) or ".." in parts:
-            raise DownloadError(f"{archive}: member {m.name!r} points outside the extraction folder; refused")
-        if m.isfile():
-            files.append(m)
-        elif not m.isdir():
-            raise DownloadError(f"{archive}: member {m.name!r} is a link or device; refused")
-    return files
-
-
-def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, flatten: bool = False,
-                    progress: bool = True) -> list[str]:
-    """Unpack a tar (gz/bz2/xz) ``archive`` into ``into``; returns the member paths written,
-    relative to ``into``. ``flatten`` drops sub-folders (every file lands in ``into``).
-
-    Members are unpacked to a temporary folder first and moved into place only once the whole
-    archive read cleanly, so a truncated or corrupt archive leaves ``into`` as it was
-    (:class:`DownloadError` naming the archive). Absolute paths, ``..`` and links are refused.
-    """
-    from tqdm.auto import tqdm
-
-    archive, into = Path(archive), Path(into)
-    into.mkdir(parents=True, exist_ok=True)
-    tmp = into.parent / f".{into.name}.extract-{archive.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    written: list[str] = []
-    try:
-        with tarfile.open(archive) as tar:
-            members = _safe_members(tar, archive)
-            for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
-                rel = Path(Path(m.name).name) if flatten else Path(*Path(m.name).parts)
-                target = tmp / rel
-                if flatten and target.exists():
-                    raise DownloadError(f"{archive}: two members named {rel} (cannot flatten)")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(m)
-                with src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-                written.append(rel.as_posix())
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise DownloadError(f"disk full while extracting {archive} into {into}") from e
-        raise DownloadError(f"{archive}: truncated or corrupt archive ({type(e).__name__}: {e}); it is "
-                            "deleted, rerun to download it again") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for rel in written:
-        target = into / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / rel, target)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return written
 
 
 # --------------------------------------------------------------------------- resources
@@ -555,7 +308,7 @@ def _fetch_file(f: RemoteFile, dest: Path, registry: ChecksumRegistry, mirror, p
     if dest.exists():
         if expected:
             try:
-                _check_hash(dest, expected, "sha256", f.url)
+                check_hash(dest, expected, "sha256", f.url)
             except ChecksumError as e:
                 raise ChecksumError(f"{e}; delete {dest} to download it again") from None
         else:
@@ -575,7 +328,7 @@ def _verify_placed(f: RemoteFile, dest: Path, registry: ChecksumRegistry, res: R
                             f"to {dest}, then run `python -m retrieval.datasets verify {res.name}`")
     expected = f.sha256 or registry.get(f.url)
     if expected:
-        _check_hash(dest, expected, "sha256", f.url)
+        check_hash(dest, expected, "sha256", f.url)
     else:
         registry.record(f.url, file_hash(dest), dest.stat().st_size)
     return dest
@@ -640,19 +393,7 @@ def _check_layout(res: Resource, root: Path) -> None:
                             path=root / res.files[0].dest)
 
 
-def listing() -> str:
-    """One line per resource: name, description, file count, notes."""
-    lines = []
-    for r in RESOURCES.values():
-        alias = f" (alias {', '.join(r.aliases)})" if r.aliases else ""
-        parts = f", parts {r.parts[0]}..{r.parts[-1]}" if r.parts else ""
-        lines.append(f"{r.name}{alias}: {r.description}; {len(r.files)} file(s){parts}"
-                     + (f"; {r.notes}" if r.notes else ""))
-    lines.append("groups: " + "; ".join(f"{g} = {' '.join(v)}" for g, v in GROUPS.items()))
-    return "\n".join(lines)
-
-
 __all__ = ["ChecksumError", "ChecksumRegistry", "DownloadError", "GND_SHA256", "GROUPS", "IncompleteDownload",
            "RESOURCES",
-           "RemoteFile", "Resource", "download", "extract_archive", "fetch", "fetch_md5", "file_hash", "listing",
+           "RemoteFile", "Resource", "download", "extract_archive", "fetch", "fetch_md5", "file_hash",
            "mirrored", "parse_parts", "resource", "verify"]

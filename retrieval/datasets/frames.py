@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json
-from .synthetic import _asset, _seed_ints
+from .synthetic import asset, seed_ints
 
 FORMAT_VERSION = 1
 #: scikit-image sample photos used as origins (all ship with the package; no download)
@@ -68,7 +68,7 @@ def source_photos() -> dict[str, np.ndarray]:
 
             photos[name] = np.ascontiguousarray(skimage.data.stereo_motorcycle()[0][..., :3])
         else:
-            photos[name] = _asset(name)
+            photos[name] = asset(name)
     for name in MATPLOTLIB_PHOTOS:
         with Image.open(matplotlib.cbook.get_sample_data(name, asfileobj=False)) as im:
             photos[name.rsplit(".", 1)[0]] = np.asarray(im.convert("RGB"))
@@ -222,7 +222,7 @@ def generate_frames(root: str | os.PathLike | None = None, progress: bool = True
     jobs += [(f"unrelated-{u:04d}", -1, None, None) for u in range(cfg.n_unrelated)]
     edits = {}
     for image_id, group, name, box in tqdm(jobs, desc="same-origin frames", disable=not progress, unit="img"):
-        rng = np.random.default_rng(_seed_ints(cfg.seed, "frames", image_id))
+        rng = np.random.default_rng(seed_ints(cfg.seed, "frames", image_id))
         path = folder / "jpg" / f"{image_id}.jpg"
         if group >= 0:
             src = Image.fromarray(photos[name]).crop(box)

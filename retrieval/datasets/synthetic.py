@@ -27,6 +27,13 @@ Files are written in exactly the formats of the real benchmarks:
 Generation is deterministic from ``seed`` (every image has its own random stream), parallel, and
 resumable: images and their per-image metadata are written atomically and kept on a rerun; the
 ``manifest.json`` written last marks a complete dataset.
+
+Why this file is long: it is one procedural generator whose parts share state. Textures, scene
+geometry, camera and occluders draw in a fixed order from the same per-image random stream (the
+images, and with them every stored benchmark, depend on that order), and :func:`generate` renders
+through this module's :func:`render_view` and ``_view_params`` (the tests replace them here to count,
+fail or frame renders; the forked workers inherit the replacement). Split into modules, the draw
+order and those hooks would be spread over several files without making any part usable alone.
 """
 
 from __future__ import annotations
@@ -111,7 +118,8 @@ def make_config(preset: str = "default", difficulty: float = 1.0, seed: int = 0)
 
 
 @lru_cache(maxsize=None)
-def _asset(name: str) -> np.ndarray:
+def asset(name: str) -> np.ndarray:
+    """The scikit-image sample photo ``name`` (``skimage.data.<name>()``) as uint8 RGB (H, W, 3), cached."""
     import skimage.data
 
     im = np.asarray(getattr(skimage.data, name)())
@@ -180,7 +188,7 @@ def _facade_texture(rng: np.random.Generator, width: float, height: float, palet
     w = int(np.clip(width * PX_PER_M, 32, 360))
     h = int(np.clip(height * PX_PER_M, 32, 360))
     base = palette["wall"][None, None, :] * np.ones((h, w, 1), np.float32)
-    stone = _crop(rng, _asset(palette["stone"]), h, w)[..., :1] / 255.0
+    stone = _crop(rng, asset(palette["stone"]), h, w)[..., :1] / 255.0
     base = base * (0.75 + 0.45 * stone) * (0.85 + 0.3 * _smooth_noise(rng, h, w, 6)[..., None])
     im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
@@ -230,7 +238,7 @@ def _facade_texture(rng: np.random.Generator, width: float, height: float, palet
     if mural:
         mh, mw = int(h * rng.uniform(0.25, 0.45)), int(w * rng.uniform(0.25, 0.45))
         y0, x0 = int(rng.integers(0, max(1, h - mh))), int(rng.integers(0, max(1, w - mw)))
-        photo = _crop(rng, _asset(palette["photo"]), mh, mw)
+        photo = _crop(rng, asset(palette["photo"]), mh, mw)
         arr[y0:y0 + mh, x0:x0 + mw] = photo
         arr[y0:y0 + 3, x0:x0 + mw] = palette["trim"]
         arr[y0 + mh - 3:y0 + mh, x0:x0 + mw] = palette["trim"]
@@ -265,7 +273,7 @@ def _palette(rng: np.random.Generator) -> dict:
 @lru_cache(maxsize=64)
 def build_landmark(seed: int, key: str) -> list[Facade]:
     """The facades of landmark ``key`` (deterministic from ``seed`` and ``key``)."""
-    rng = np.random.default_rng(_seed_ints(seed, "landmark", key))
+    rng = np.random.default_rng(seed_ints(seed, "landmark", key))
     pal = _palette(rng)
     W0, H0 = rng.uniform(9, 16), rng.uniform(7, 13)
     facades = []
@@ -303,7 +311,8 @@ def _landmark_extent(facades: list[Facade]) -> tuple[np.ndarray, float, float]:
 # rendering
 
 
-def _seed_ints(seed: int, *parts) -> list[int]:
+def seed_ints(seed: int, *parts) -> list[int]:
+    """Four 32-bit ints from SHA-256 of ``seed/part/...``: the seed of one image's own random stream."""
     digest = hashlib.sha256("/".join(str(p) for p in (seed,) + parts).encode()).digest()
     return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
 
@@ -383,7 +392,7 @@ def _background(rng: np.random.Generator, w: int, h: int, horizon: float) -> Ima
     img = np.broadcast_to(img, (h, w, 3)).copy()
     hz = int(np.clip(horizon, 0, h))
     if hz < h:
-        g = _crop(rng, _asset(STONE_TEXTURES[rng.integers(3)]), h - hz, w)[..., :1] / 255.0
+        g = _crop(rng, asset(STONE_TEXTURES[rng.integers(3)]), h - hz, w)[..., :1] / 255.0
         img[hz:] = ground * (0.7 + 0.5 * g)
     im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
@@ -438,7 +447,7 @@ def _occluders(rng: np.random.Generator, im: Image.Image, n: int, scale: float) 
         else:            # banner / bus-stop panel with a photo-like texture
             bw, bh = 0.35 * s * w, 0.3 * s * h
             y0 = y - bh - rng.uniform(0, 0.3) * h
-            patch = _crop(rng, _asset(MURAL_PHOTOS[rng.integers(len(MURAL_PHOTOS))]),
+            patch = _crop(rng, asset(MURAL_PHOTOS[rng.integers(len(MURAL_PHOTOS))]),
                           max(2, int(bh)), max(2, int(bw)))
             im.paste(Image.fromarray(patch.astype(np.uint8)), (int(x - bw / 2), int(y0)))
             dm.rectangle([int(x - bw / 2), int(y0), int(x - bw / 2) + max(2, int(bw)) - 1,
@@ -505,7 +514,7 @@ def render_view(seed: int, key: str | None, view_id: str, mode: str, width: int,
     ``photo`` (photometric severity in [0, 1]) and ``bbx`` [x1, y1, x2, y2] of the visible
     landmark (or a part of it for queries).
     """
-    rng = np.random.default_rng(_seed_ints(seed, "view", view_id))
+    rng = np.random.default_rng(seed_ints(seed, "view", view_id))
     p = _view_params(rng, mode, difficulty)
     size = (width, height)
     if key is None:
@@ -591,7 +600,7 @@ def label_view(geo: dict) -> str:
 
 def _jobs(cfg: SyntheticConfig, name: str) -> dict:
     """All images to render, as (path relative to the dataset root, landmark key, view id, mode)."""
-    rng = np.random.default_rng(_seed_ints(cfg.seed, "layout", name))
+    rng = np.random.default_rng(seed_ints(cfg.seed, "layout", name))
     modes = np.array(["easy", "hard", "junk"])
     test_q, test_db = [], []
     for l in range(cfg.n_landmarks):
@@ -736,7 +745,7 @@ def _write_test(folder: Path, name: str, queries: list, db: list, manifest: dict
 
 
 def _write_train(folder: Path, name: str, by_part: dict, cfg: SyntheticConfig, manifest: dict) -> None:
-    rng = np.random.default_rng(_seed_ints(cfg.seed, "pairs", name))
+    rng = np.random.default_rng(seed_ints(cfg.seed, "pairs", name))
     out, landmark_ids = {}, {}
     for split in ("train", "val"):
         items = by_part[split]

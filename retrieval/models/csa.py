@@ -1,14 +1,11 @@
-"""Contextual Similarity Aggregation (CSA): learned visual re-ranking with self-attention
-(Ouyang et al., "Contextual Similarity Aggregation with Self-attention for Visual Re-ranking",
-NeurIPS 2021).
+"""Contextual Similarity Aggregation (CSA): the re-ranking transformer and its loss (Ouyang et al.,
+"Contextual Similarity Aggregation with Self-attention for Visual Re-ranking", NeurIPS 2021).
 
-Each query and each of its top-K first-stage candidates is described by its *affinity feature*:
-its cosine similarity to L anchors (the query itself, then the query's top L−1 db results). A
-pre-norm transformer encoder refines the K+1 affinity features jointly; candidates are re-ordered
-by the cosine between the refined query token and each refined candidate token.
-
-Conventions as :mod:`retrieval.search`: ``query`` (n_q, D), ``db`` (n_db, D) L2-normalised;
-``ranks`` (n_ranked, n_q) int64 db indices, best first.
+The model takes *affinity features* (B, K+1, L): the cosine similarities of a query and its top-K
+first-stage candidates to L anchors (the query itself, then its top L−1 db results); a pre-norm
+transformer encoder refines them jointly and candidates are re-ordered by the cosine between the
+refined query token and each refined candidate token. Building the affinity features and
+re-ranking: :mod:`retrieval.rerank.csa`; training lists: :class:`retrieval.datasets.training.CSALists`.
 
 Module names follow the authors' published code (github.com/MCC-WH/CSA,
 ``network/RerankTransformer.py`` and ``network/Transformer_Block.py``): ``topk_proj``,
@@ -28,73 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["affinity_features", "DropPath", "Attention", "Mlp", "Block", "CSA", "build_csa",
-           "csa_loss", "csa_scores", "csa_rerank", "csa_rerank_loop", "PUBLISHED_KEY_MAP",
-           "load_published_state_dict", "load_state_dict_mapped"]
+__all__ = ["DropPath", "Attention", "Mlp", "Block", "CSA", "build_csa", "csa_loss", "csa_scores",
+           "PUBLISHED_KEY_MAP", "load_published_state_dict", "load_state_dict_mapped", "positive_int"]
 
 
 # --------------------------------------------------------------------------- validation
-def _pos_int(name: str, v) -> int:
+def positive_int(name: str, v) -> int:
+    """``v`` as an int >= 1 (bools rejected); ValueError naming ``name`` otherwise."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     return int(v)
-
-
-def _feat(x, name: str) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, D), got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return t
-
-
-def _ranks(ranks, n_q: int, n_db: int, need: int) -> torch.Tensor:
-    """First-stage ranks validated as in :mod:`retrieval.rerank` (>= max(K, L − 1) rows), as a tensor."""
-    from ..rerank import _first_ranks
-
-    r = ranks.cpu().numpy() if isinstance(ranks, torch.Tensor) else ranks
-    return torch.from_numpy(_first_ranks(r, n_q, n_db, need))
-
-
-def _check_kl(K, L, n_db: int) -> tuple[int, int]:
-    K, L = _pos_int("K", K), _pos_int("L", L)
-    if K > n_db:
-        raise ValueError(f"K={K} is larger than the db (n_db={n_db})")
-    if L - 1 > n_db:
-        raise ValueError(f"L - 1 = {L - 1} anchors is more than the db holds (n_db={n_db})")
-    return K, L
-
-
-# --------------------------------------------------------------------------- affinity features
-def affinity_features(query, db, ranks, K: int, L: int) -> torch.Tensor:
-    """Affinity features of the query and its top-K candidates to L anchors.
-
-    query (B, D), db (n_db, D) L2-normalised (tensors or arrays); ranks (>= max(K, L−1), B)
-    first-stage db indices. Items: [query, db[ranks[0, b]], …, db[ranks[K−1, b]]]; anchors:
-    [query, db[ranks[0, b]], …, db[ranks[L−2, b]]]. Returns (B, K+1, L) float with
-    ``[b, i, j] = <item_i, anchor_j>`` (one batched matmul), on ``query``'s device
-    (``db`` is moved there if needed).
-    """
-    q, d = _feat(query, "query"), _feat(db, "db")
-    if q.shape[1] != d.shape[1]:
-        raise ValueError(f"query dimension {q.shape[1]} != db dimension {d.shape[1]}")
-    K, L = _check_kl(K, L, d.shape[0])
-    r = _ranks(ranks, q.shape[0], d.shape[0], max(K, L - 1))
-    return _affinity(q, d, r, K, L)
-
-
-def _affinity(q: torch.Tensor, d: torch.Tensor, r: torch.Tensor, K: int, L: int) -> torch.Tensor:
-    """:func:`affinity_features` on validated tensors (no checks)."""
-    r = r.to(q.device)
-    d = d.to(device=q.device, dtype=q.dtype)
-    n = max(K, L - 1)
-    cand = d[r[:n].T]                                        # (B, n, D)
-    items = torch.cat([q[:, None], cand[:, :K]], 1)          # (B, K+1, D)
-    anchors = torch.cat([q[:, None], cand[:, :L - 1]], 1)    # (B, L, D)
-    return torch.bmm(items, anchors.transpose(1, 2))         # (B, K+1, L)
 
 
 # --------------------------------------------------------------------------- transformer
@@ -185,8 +125,8 @@ class CSA(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.1,
                  attn_drop: float = 0.1, drop_path: float = 0.1, final_norm: bool = True):
         super().__init__()
-        self.L, self.dim = _pos_int("L", L), _pos_int("dim", dim)
-        _pos_int("depth", depth)
+        self.L, self.dim = positive_int("L", L), positive_int("dim", dim)
+        positive_int("depth", depth)
         self.sim_drop = nn.Dropout(drop)
         self.topk_proj = nn.Linear(L, dim)
         self.pos_drop = nn.Dropout(drop)
@@ -262,68 +202,6 @@ def csa_loss(tokens: torch.Tensor, recon: torch.Tensor, aff: torch.Tensor, posit
     return contrastive + alpha * sq.clamp(1e-4, 1e4).sqrt().mean()
 
 
-# --------------------------------------------------------------------------- re-ranking
-def _rerank_inputs(model: CSA, query, db, ranks, K, L):
-    q, d = _feat(query, "query"), _feat(db, "db")
-    if q.shape[1] != d.shape[1]:
-        raise ValueError(f"query dimension {q.shape[1]} != db dimension {d.shape[1]}")
-    K, L = _check_kl(K, L, d.shape[0])
-    if getattr(model, "L", L) != L:
-        raise ValueError(f"the model takes L={model.L} anchors, got L={L}")
-    r = _ranks(ranks, q.shape[0], d.shape[0], max(K, L - 1))
-    return q, d, r, K, L
-
-
-def _device(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def _rerank(model, query, db, ranks, K, L, batch, device) -> tuple[np.ndarray, np.ndarray]:
-    batch = _pos_int("batch", batch)
-    q, d, r, K, L = _rerank_inputs(model, query, db, ranks, K, L)
-    dev = _device(model, device)
-    was_training = model.training
-    model.eval()
-    try:
-        d = d.to(dev)
-        top = r[:K].clone()
-        scores = torch.empty((K, q.shape[0]), dtype=torch.float32)
-        for b0 in range(0, q.shape[0], batch):
-            sl = slice(b0, b0 + batch)
-            aff = _affinity(q[sl].to(dev), d, r[:, sl], K, L)
-            s = model.score(aff).float().cpu()                         # (B, K)
-            o = torch.argsort(s, dim=1, descending=True, stable=True)  # ties: first-stage order
-            top[:, sl] = r[:K, sl].gather(0, o.T)
-            scores[:, sl] = s.gather(1, o).T
-    finally:
-        model.train(was_training)
-    out = torch.cat([top, r[K:]], 0)
-    return out.numpy().astype(np.int64, copy=False), scores.numpy()
-
-
-def csa_rerank(model: CSA, query, db, ranks, K: int = 1024, L: int = 512, batch: int = 64,
-               device=None) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank the top-K of first-stage ``ranks`` with a CSA model (eval mode, no grad).
-
-    query (n_q, D), db (n_db, D) L2-normalised; ranks (n_ranked >= max(K, L−1), n_q). ``batch``
-    queries share one affinity build (:func:`affinity_features`) and one forward pass. Returns
-    ``ranks`` (n_ranked, n_q) int64 — the top-K ordered by CSA score (ties in first-stage order),
-    rows K… unchanged — and ``scores`` (K, n_q) float32, descending. ``device``: default the
-    model's.
-    """
-    return _rerank(model, query, db, ranks, K, L, batch, device)
-
-
-def csa_rerank_loop(model: CSA, query, db, ranks, K: int = 1024, L: int = 512,
-                    device=None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`csa_rerank` one query at a time (reference / benchmark baseline); same result."""
-    return _rerank(model, query, db, ranks, K, L, 1, device)
-
-
 # --------------------------------------------------------------------------- state dicts
 #: published key prefix (github.com/MCC-WH/CSA, network/RerankTransformer.py) → this module's.
 #: ``blocks.*`` (network/Transformer_Block.py: norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
@@ -364,50 +242,3 @@ def load_published_state_dict(model: CSA, state_dict: Mapping[str, torch.Tensor]
     if isinstance(model.norm, nn.LayerNorm):
         raise ValueError("the published CSA has no final LayerNorm: build the model with final_norm=False")
     return load_state_dict_mapped(model, state_dict, PUBLISHED_KEY_MAP, strict=True)
-
-
-# --------------------------------------------------------------------------- training data
-class CSALists(torch.utils.data.Dataset):
-    """CSA training lists from first-stage descriptors of a *training* split (Ouyang et al. 2021).
-
-    Every image i is a query; its ranked list is its top-K among the other images by inner product
-    of ``features`` (N, D). Item i is ``(aff (K+1, L), positives (K+1,) bool)``: the query then its
-    K candidates in a random order (seeded by ``seed``, epoch and i; the query stays first), the L
-    anchors are the query and its top L−1 results in rank order, positives share the query's label.
-    ``K`` counts candidates only; the authors' training ``--topk`` counts the query too (their
-    ``RerankDataset_TopKSIM`` takes the top ``topk`` of the self-similarity, the query first), so
-    their ``topk=512`` is ``K=511`` here (``L`` counts the query in both).
-    """
-
-    def __init__(self, features, labels, K: int = 512, L: int = 512, seed: int = 0, shuffle: bool = True):
-        from ..search import exact_search
-
-        x = _feat(features, "features")
-        lab = torch.as_tensor(np.asarray(labels))
-        if lab.shape != (x.shape[0],):
-            raise ValueError(f"labels must be ({x.shape[0]},), got {tuple(lab.shape)}")
-        self.K, self.L = _check_kl(K, L, x.shape[0] - 1)
-        need = max(self.K, self.L - 1)
-        ranks, _ = exact_search(x.numpy(), x.numpy(), need + 1)   # (need+1, N), self first
-        ranks = torch.from_numpy(ranks.T.copy())                    # (N, need+1)
-        own = ranks == torch.arange(x.shape[0])[:, None]
-        # drop each image itself (usually rank 0; duplicates may put it lower)
-        keep = torch.where(own.any(1, keepdim=True), ~own, torch.ones_like(own))
-        self.lists = torch.stack([row[m][:need] for row, m in zip(ranks, keep)])
-        self.x, self.labels, self.seed, self.shuffle, self.epoch = x, lab, int(seed), shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cand = self.lists[i, :self.K]
-        if self.shuffle:
-            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(i))) % (2 ** 63))
-            cand = cand[torch.randperm(self.K, generator=g)]
-        items = torch.cat([torch.tensor([i]), cand])
-        anchors = torch.cat([torch.tensor([i]), self.lists[i, :self.L - 1]])
-        aff = self.x[items] @ self.x[anchors].T
-        return aff, self.labels[items] == self.labels[i]

@@ -12,15 +12,10 @@ transformation into the gallery space (LCE).
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import atomic_write_bytes
 from .functional import l2n
 from .global_net import GlobalNet, build_global_net
 
@@ -164,33 +159,6 @@ def build_query_net(backbone: str = "mobilenet_v2", dim: int = 2048, classes: in
     return QueryNet(net, int(classes), bool(transform))
 
 
-def save_query_net(net: QueryNet, path: str | os.PathLike, **extra) -> Path:
-    """Write ``net`` atomically: ``{"state_dict", "meta", **extra}`` (read back by :func:`load_query_net`)."""
-    clash = {"state_dict", "meta"} & set(extra)
-    if clash:
-        raise ValueError(f"extra entries may not replace {sorted(clash)}")
-    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.meta.items()}
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    buf = io.BytesIO()
-    torch.save({"state_dict": state, "meta": meta, **extra}, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_query_net(path: str | os.PathLike) -> QueryNet:
-    """A :class:`QueryNet` written by :func:`save_query_net`, weights loaded strictly, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"query network not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "query_net" not in ckpt.get("meta", {}):
-        raise ValueError(f"{path}: not a query network file (expected 'state_dict' and meta['query_net'])")
-    meta = ckpt["meta"]
-    net = build_query_net(**meta["query_net"])
-    net.load_state_dict(ckpt["state_dict"], strict=True)
-    net.meta.update({k: (tuple(v) if k in ("mean", "std") else v) for k, v in meta.items()})
-    return net.eval()
-
-
 def complexity(model: nn.Module, height: int, width: int) -> dict:
     """Size and cost of a descriptor network at test time: ``params`` (a :class:`QueryNet`'s
     training-only head left out) and ``mflops``, MFLOPs of one forward pass of a (1, 3, height,
@@ -214,4 +182,4 @@ def complexity(model: nn.Module, height: int, width: int) -> dict:
     return {"params": int(params), "mflops": counter.get_total_flops() / 1e6}
 
 
-__all__ = ["QueryNet", "ResidualTransform", "build_query_net", "complexity", "load_query_net", "save_query_net"]
+__all__ = ["QueryNet", "ResidualTransform", "build_query_net", "complexity"]

@@ -14,7 +14,6 @@ so their released ``state_dict`` loads with :func:`load_token_state_dict`.
 from __future__ import annotations
 
 import math
-import os
 from typing import Mapping
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone, normalisation, trunk_blocks
+from .checkpoints import check_state_dict, unwrap_state_dict
 from .csa import DropPath, Mlp
 
 MARGIN_LOSSES = ("arcface", "cosface")
@@ -306,53 +306,26 @@ def global_to_token_keys(backbone: str) -> dict[str, str]:
     return out
 
 
-def _unwrap_state_dict(sd: Mapping) -> dict:
-    for wrap in ("state_dict", "model", "net"):
-        if wrap in sd and isinstance(sd[wrap], Mapping):
-            sd = sd[wrap]
-            break
-    sd = dict(sd)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
 def load_token_state_dict(model: Token, state_dict: Mapping, classifier: bool = False) -> Token:
     """Load the authors' ``Token`` weights (github.com/MCC-WH/Token, ``networks/RetrievalNet.py``;
     also ours) into ``model``, strictly. ``state_dict`` may be wrapped (``{'state_dict': ...}``,
     ``{'model': ...}``) and prefixed ``module.`` (DataParallel). The ArcFace ``classifier.*``
     weights (training only; 81,313 GLDv2 classes in the release) are skipped unless
     ``classifier``. ValueError lists missing / unexpected / mis-shaped keys."""
-    sd = _unwrap_state_dict(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if not classifier:
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
     expected = {k: v for k, v in model.state_dict().items() if classifier or not k.startswith("classifier.")}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-              if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        raise ValueError(f"state dict does not fit the Token model ({model.meta.get('backbone')}, "
-                         f"d={model.meta.get('dim')}, L={model.meta.get('tokens')}): missing {missing[:3]} "
-                         f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)}), "
-                         f"wrong shape {shapes[:3]} ({len(shapes)})")
+    check_state_dict(sd, expected, f"the Token model ({model.meta.get('backbone')}, d={model.meta.get('dim')}, "
+                     f"L={model.meta.get('tokens')})", why="")
     model.load_state_dict(sd, strict=not (classifier is False and model.classifier is not None))
     return model
-
-
-def load_released_token(path: str | os.PathLike, backbone: str = "resnet101", **kwargs) -> Token:
-    """The released R50/R101 Token network (paper sizes) from its checkpoint file, for evaluation."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_token(backbone, name=f"token-{backbone}-released", **kwargs)
-    load_token_state_dict(model, sd)
-    model.meta["trained"] = True
-    return model.eval()
 
 
 def init_backbone_from_global(model: Token, state_dict: Mapping) -> Token:
     """Copy the backbone of a GlobalNet / cirtorch checkpoint (``features.N.*`` keys, e.g. the GeM
     network trained by 02_train_global) into ``model.backbone``; other keys are ignored."""
-    sd = _unwrap_state_dict(state_dict)
+    sd = unwrap_state_dict(state_dict)
     mapped = {}
     for k, v in sd.items():
         for src, dst in global_to_token_keys(model.meta.get("backbone", "resnet")).items():
@@ -365,34 +338,7 @@ def init_backbone_from_global(model: Token, state_dict: Mapping) -> Token:
     return model
 
 
-def save_token(model: Token, path: str | os.PathLike) -> os.PathLike:
-    """Write ``{'state_dict', 'meta'}`` atomically (the state dict in the released layout)."""
-    import io
-
-    from ..io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.meta.items()}
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_token(path: str | os.PathLike) -> Token:
-    """A Token network saved by :func:`save_token` (architecture from its ``meta``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, Mapping) or "meta" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: expected a dict with 'state_dict' and 'meta' (save_token)")
-    m = ckpt["meta"]
-    cls_w = ckpt["state_dict"].get("classifier.weight")
-    model = build_token(m["backbone"], m["dim"], m["tokens"], m["heads"], m["encoder_layers"], m["decoder_layers"],
-                        m["outputdim"], classes=None if cls_w is None else cls_w.shape[0], name=m.get("name"))
-    load_token_state_dict(model, ckpt["state_dict"], classifier=cls_w is not None)
-    model.meta.update(m)
-    model.meta["mean"], model.meta["std"] = tuple(m["mean"]), tuple(m["std"])
-    return model.eval()
-
-
 __all__ = ["Attention", "Decoder", "Encoder", "GLOBAL_TO_TOKEN_BACKBONE", "MARGIN_LOSSES", "MarginHead",
            "ResNetBlocks", "Token", "TokenRefine", "build_token", "init_backbone_from_global",
-           "load_released_token", "load_token", "load_token_state_dict", "multihead_attention", "save_token",
+           "load_token_state_dict", "multihead_attention",
            "spatial_attention", "tokenize"]

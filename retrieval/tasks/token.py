@@ -1,0 +1,99 @@
+"""Token (Wu et al., AAAI 2022) trained as a landmark classifier with a margin softmax."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import seed_everything
+from ..datasets.training import LabelledImages
+from ..distributed import init_distributed
+from ..models.checkpoints import read_checkpoint
+from ..models.token import build_token, init_backbone_from_global
+from ..train import TrainConfig, fit
+from .base import make_config, task_options, train_split
+
+TOKEN_DEFAULTS = dict(
+    train_set="synth", preset="default", root=None,
+    backbone="resnet101", weights=None,  # torchvision weights (paper: ImageNet-pretrained ResNet-101)
+    backbone_init=None,        # a GlobalNet / cirtorch checkpoint whose backbone initialises Token's (e.g. 02's GeM)
+    train_blocks=5,            # last backbone blocks trained (5: all, as the paper); the others frozen
+    dim=1024, tokens=4, heads=8, encoder_layers=1, decoder_layers=2, outputdim=1024,  # the paper's sizes
+    drop=0.1, attn_drop=0.1, drop_path=0.1,
+    loss="arcface", scale=None, margin=0.2,  # scale None: √outputdim (paper: ArcFace, s = √1024 = 32, m = 0.2)
+    image_size=512,            # training images: longer side, padded to square
+    augment=True, crop_scale=0.8,  # random crops of [crop_scale, 1] of each side
+    images_per_epoch=None,     # a random subset of the training images each epoch (None: all)
+    # the released experiment.sh (GLDv2, 4 GPUs): SGD momentum 0.9, lr 0.01, 5 warm-up epochs then decay
+    # to 0, wd 1e-4, no clipping, 30 epochs, batch 128, 512-px images
+    optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_epochs=5.0, grad_clip=None,
+    epochs=30, batch_size=128,
+)
+
+
+def token_config(**overrides) -> dict:
+    """Defaults of :func:`token_classification` + TrainConfig, updated by ``overrides`` (unknown keys rejected)."""
+    return make_config(TOKEN_DEFAULTS, overrides, "Token")
+
+
+def _class_labels(split: dict):
+    """Landmark labels of the split's images as 0..C-1 (``labels`` if present, else ``cluster``)."""
+    raw = np.asarray(split.get("labels", split["cluster"]))
+    classes, labels = np.unique(raw, return_inverse=True)
+    return labels.astype(np.int64), len(classes)
+
+
+def token_classification(config: dict):
+    """Token trained as a classifier of the training split's landmarks with a margin softmax (ArcFace
+    in the paper, or CosFace) and cross-entropy, on single images (Wu et al., AAAI 2022).
+
+    Returns ``(model, data, loss_fn)``; ``data(epoch)`` is a :class:`~retrieval.datasets.training.LabelledImages` of all
+    training images, or of ``images_per_epoch`` of them drawn for that epoch (seeded).
+    """
+    cfg = token_config(**{k: v for k, v in config.items() if k in token_config()})
+    seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
+    init_distributed(cfg["device"])
+    split = train_split(cfg)["train"]
+    labels, n_classes = _class_labels(split)
+    model = build_token(cfg["backbone"], cfg["dim"], cfg["tokens"], cfg["heads"], cfg["encoder_layers"],
+                        cfg["decoder_layers"], cfg["outputdim"], classes=n_classes, loss=cfg["loss"],
+                        scale=cfg["scale"], margin=cfg["margin"], drop=cfg["drop"], attn_drop=cfg["attn_drop"],
+                        drop_path=cfg["drop_path"], train_blocks=cfg["train_blocks"], weights=cfg["weights"])
+    if cfg["backbone_init"]:
+        init_backbone_from_global(model, read_checkpoint(cfg["backbone_init"]))
+    n, per_epoch = len(labels), cfg["images_per_epoch"]
+    if per_epoch is not None and not 1 <= int(per_epoch) <= n:
+        raise ValueError(f"images_per_epoch must be in 1..{n} (the training images) or None, got {per_epoch}")
+
+    def data(epoch: int) -> LabelledImages:
+        idx = np.arange(n)
+        if per_epoch is not None:
+            idx = np.sort(np.random.default_rng([cfg["seed"], epoch]).choice(n, int(per_epoch), replace=False))
+        ds = LabelledImages(split, idx, labels[idx], cfg["image_size"], model.meta["mean"], model.meta["std"],
+                            augment=cfg["augment"], crop_scale=cfg["crop_scale"], seed=cfg["seed"])
+        ds.set_epoch(epoch)
+        return ds
+
+    def loss_fn(net, batch) -> torch.Tensor:
+        images, y = batch
+        return torch.nn.functional.cross_entropy(net(images, y), y)
+
+    return model, data, loss_fn
+
+
+def train_token(config: dict):
+    """Build :func:`token_classification` (seeded) and train it; returns ``(model, history)``, the
+    model in eval mode. The checkpoint records the options and a hash of the backbone
+    initialisation, so ``resume`` never continues another experiment's weights."""
+    cfg = token_config(**config)
+    seed_everything(cfg["seed"])
+    model, data, loss_fn = token_classification(cfg)
+    task = task_options(cfg, TOKEN_DEFAULTS, ("root", "backbone_init"))
+    if cfg["backbone_init"]:
+        task["backbone_init_sha1"] = hashlib.sha1(Path(cfg["backbone_init"]).read_bytes()).hexdigest()
+    history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
+    model.meta["trained"] = True
+    return model.eval(), history

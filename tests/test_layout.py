@@ -1,0 +1,162 @@
+"""RunLayout: every artifact under its run, metrics rows with their origin, parameters routed to the
+notebooks that have them, the benchmark of a run travelling from 00 to the later notebooks; and the
+end-to-end checks of a run: another image size and benchmark seed, a run folder outside the checkout,
+and a network trained by ``torchrun -m retrieval.train`` evaluated by 01."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval import runs
+from retrieval.config import ROOT
+from retrieval.extract import extract_dataset, model_fingerprint
+from retrieval.layout import RunLayout
+from retrieval.models import build_global_net, load_model, save_model
+
+
+def _res(v):
+    return {p: {"map": v, "mp@1": v} for p in runs.PROTOCOLS}
+
+
+def test_metrics_rows_record_their_origin_and_never_overwrite_another_model(tmp_path):
+    a = RunLayout(tmp_path, "02_train_global")
+    assert a.record("d", "gem-x", _res(0.5), image_size=240, weights="w1") == "gem-x"
+    row = runs.load_metrics(tmp_path)["d"]["gem-x"]
+    assert row["recorded"] == {"notebook": "02_train_global", "image_size": 240, "weights": "w1"}
+    assert row["medium"]["map"] == 0.5
+    b = RunLayout(tmp_path, "06_train_token")
+    assert b.record("d", "gem-x", _res(0.6), image_size=240, weights="w1") == "gem-x"  # same model: a re-measurement
+    assert b.record("d", "gem-x", _res(0.7), image_size=128, weights="w1") == "gem-x [06_train_token]"
+    assert a.record("d", "gem-x", _res(0.8), image_size=128, weights="w2") == "gem-x"  # its own row, retrained
+    metrics = runs.load_metrics(tmp_path)["d"]
+    assert metrics["gem-x"]["medium"]["map"] == 0.8 and metrics["gem-x [06_train_token]"]["medium"]["map"] == 0.7
+    assert "recorded" not in runs.summary_table(runs.load_metrics(tmp_path)).split("\n")[0]
+    assert "80.00" in runs.summary_table(runs.load_metrics(tmp_path))
+
+
+def test_paths_live_under_the_run(tmp_path):
+    lay = RunLayout(tmp_path / "r", "03_rerank")
+    paths = [lay.checkpoint("n"), lay.features("synth-x", "n", 240), lay.train_features("synth-x", "n", [64, 128], "val"),
+             lay.anchors("synth-x", "n-240-pq8x4"), lay.ranks("d", "a/b"), lay.metrics_file, lay.figure("f.png"),
+             lay.whitening("n", 0.5)[0], lay.task_dir("csa")]
+    assert all(p.is_relative_to(tmp_path / "r") for p in paths)
+    assert lay.features("s", "n", [64, 128]).name == "n-64+128.npz" and lay.ranks("d", "a/b").name == "a_b.npz"
+    assert RunLayout(tmp_path / "r", fig_dir=tmp_path / "figs").figure("f.png") == tmp_path / "figs" / "f.png"
+    with pytest.raises(ValueError, match="plain folder name"):
+        lay.task_dir("../x")
+
+
+def test_benchmark_of_the_run_reaches_later_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_PROFILE", "smoke")
+    lay = RunLayout(tmp_path)
+    assert lay.benchmark() == {"preset": "tiny", "difficulty": 1.0, "data_seed": 0}  # no record: the profile's
+    lay.record_benchmark("tiny", 1.5, 7)
+    assert json.loads((tmp_path / "benchmark.json").read_text())["name"] == "synth-tiny-d1.5-s7"
+    assert lay.benchmark() == {"preset": "tiny", "difficulty": 1.5, "data_seed": 7}
+    assert lay.train_name("synth") == "synth-tiny-d1.5-s7" and lay.train_name("roxford5k") == "retrieval-SfM-120k"
+    assert lay.benchmark(data_seed=3)["data_seed"] == 3  # an explicit value wins (and is reported)
+
+
+def test_parameters_go_only_to_notebooks_that_have_them():
+    nbs = runs.notebooks()
+    routed = runs.route_parameters({"image_size": 160, "data_seed": 7, "train_image_size": 64}, nbs)
+    has = {name for name, p in routed.items() if "image_size" in p}
+    assert has == {nb.name for nb in nbs if nb.name[:2] in ("01", "02", "03", "04", "05", "06", "07")}
+    assert {name for name, p in routed.items() if "data_seed" in p} == has | {"00_data.ipynb"}
+    assert {name for name, p in routed.items() if "train_image_size" in p} == {
+        "02_train_global.ipynb", "05_asymmetric.ipynb", "06_train_token.ipynb"}
+    with pytest.raises(ValueError, match="'imagesize'.*not parameters of any notebook"):
+        runs.route_parameters({"imagesize": 160}, nbs)
+    assert runs.main(["demo", "--only", "01", "-p", "imagesize", "1"]) == 2
+
+
+def test_two_runs_training_the_same_network_name_never_share_descriptors(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(tiny_data))
+    got = {}
+    for seed in (1, 2):
+        lay = RunLayout(tmp_path / f"run{seed}")
+        torch.manual_seed(seed)
+        net = build_global_net("resnet18", "gem").eval()
+        net.meta["trained"] = True
+        save_model(net, lay.checkpoint("gem-resnet18"))
+        ds = lay.test_set("synth", "tiny", 0)
+        loaded, query, db = lay.gallery("gem-resnet18", ds, 48, "cpu")
+        assert model_fingerprint(loaded) == model_fingerprint(net)
+        assert lay.features(ds.name, "gem-resnet18", 48).is_file()
+        got[seed] = query, db, lay
+    assert not np.allclose(got[1][1], got[2][1])  # each run its own network's descriptors
+    # run 2's file copied into run 1 is not picked up: the cache checks the weights' fingerprint
+    lay1 = got[1][2]
+    f1, f2 = (got[s][2].features("synth-tiny", "gem-resnet18", 48) for s in (1, 2))
+    f1.write_bytes(f2.read_bytes())
+    ds = lay1.test_set("synth", "tiny", 0)
+    _, query, db = lay1.gallery("gem-resnet18", ds, 48, "cpu")
+    np.testing.assert_allclose(db, got[1][1], rtol=0, atol=1e-6)
+    ref = extract_dataset(load_model(lay1.checkpoint("gem-resnet18")), ds, tmp_path / "ref.npz", image_size=48,
+                          progress=False)[1]
+    np.testing.assert_allclose(db, ref, rtol=0, atol=1e-6)
+
+
+def _kernel_env(monkeypatch, data):
+    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(data))
+    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "matplotlib")):
+        monkeypatch.setenv(var, os.environ.get(var) or str(ROOT / ".jupyter" / sub))
+
+
+@pytest.mark.slow
+def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_checkout(tmp_path, monkeypatch):
+    """`runs demo -p image_size 160 -p data_seed 7` (smoke profile) into a folder outside the checkout: it
+    completes, every notebook evaluates on the seed-7 benchmark at 160 px, and nothing lands in the checkout."""
+    _kernel_env(monkeypatch, tmp_path / "data")
+    run = tmp_path / "scratch" / "demo"
+    assert not run.is_relative_to(ROOT)
+    before = sorted(p.name for p in (ROOT / "figures").iterdir())
+    assert runs.main(["demo", "--profile", "smoke", "--run-dir", str(run),
+                      "-p", "image_size", "160", "-p", "data_seed", "7"]) == 0
+    metrics = runs.load_metrics(run)
+    assert list(metrics) == ["synth-tiny-s7"]
+    rows = metrics["synth-tiny-s7"].values()
+    by_nb = {}
+    for r in rows:
+        by_nb.setdefault(r["recorded"].get("notebook"), set()).add(r["recorded"].get("image_size"))
+    assert set(by_nb) == {"01_extract_features", "02_train_global", "03_rerank", "05_asymmetric", "06_train_token",
+                          "07_dir_experiments"}  # 04 builds anchors, 08 draws: no mAP rows
+    for nb in ("01_extract_features", "02_train_global", "03_rerank", "06_train_token", "07_dir_experiments"):
+        assert by_nb[nb] == {160}, (nb, by_nb[nb])
+    assert json.loads((run / "benchmark.json").read_text())["name"] == "synth-tiny-s7"
+    assert {p.name for p in (run / "features").iterdir()} == {"synth-tiny-s7"}
+    assert (run / "anchors" / "synth-tiny-s7").is_dir() and (run / "figures" / "08_top10.png").is_file()
+    assert sorted(p.name for p in (ROOT / "figures").iterdir()) == before
+    assert not (ROOT / "data" / "test" / "synth-tiny-s7").exists()
+
+
+@pytest.mark.slow
+def test_network_trained_by_torchrun_loads_and_evaluates_in_01(tmp_path, tiny_data, monkeypatch):
+    _kernel_env(monkeypatch, tiny_data)
+    run = tmp_path / "run"
+    cfg = dict(train_set="synth-tiny", root=str(tiny_data), backbone="resnet18", image_size=64, qsize=4, poolsize=16,
+               nnum=2, batch_size=2, epochs=1, lr=1e-3, warmup_epochs=0, device="cpu", log_every=1,
+               out_dir=str(RunLayout(run).task_dir("train_global")))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "-m", "retrieval.train", "--task", "global", "--config", str(tmp_path / "cfg.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exported = RunLayout(run).checkpoint("gem-resnet18")
+    net = load_model(exported)
+    assert net.name == "gem-resnet18" and net.meta["trained"]
+    ckpt = load_model(exported.parent / "checkpoint.pt")  # the training checkpoint rebuilds the same network
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt(x), net(x), rtol=0, atol=0)
+    metrics = runs.run_notebooks(run, "smoke", {"network": "gem-resnet18", "image_size": 64}, only=["01"],
+                                 progress=False)
+    row = metrics["synth-tiny"]["gem-resnet18"]
+    assert row["recorded"]["weights"] == model_fingerprint(net) and 0 <= row["medium"]["map"] <= 1
