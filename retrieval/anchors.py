@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import data_dir
 from .io import atomic_save_npz
 
 MIN_POINTS_PER_CENTROID = 39  # faiss's own threshold for its "please provide more points" warning
@@ -268,9 +267,10 @@ def anchors_name(network: str, M: int, nbits: int) -> str:
     return f"{network}-pq{int(M)}x{int(nbits)}"
 
 
-def anchors_path(dataset: str, name: str, root: str | os.PathLike | None = None) -> Path:
-    """``<root or data dir>/anchors/<dataset>/<name>.npz``."""
-    return Path(root if root is not None else data_dir()) / "anchors" / dataset / f"{name}.npz"
+def anchors_path(dataset: str, name: str, root: str | os.PathLike) -> Path:
+    """``<root>/anchors/<dataset>/<name>.npz``; ``root``: the run folder of the gallery network whose
+    descriptors made them (:meth:`retrieval.layout.RunLayout.anchors`)."""
+    return Path(root) / "anchors" / dataset / f"{name}.npz"
 
 
 def build_anchors(X: np.ndarray, M: int = 32, nbits: int = 8, niter: int = 10, nredo: int = 2,
@@ -293,13 +293,14 @@ def build_anchors(X: np.ndarray, M: int = 32, nbits: int = 8, niter: int = 10, n
 
 def load_anchors(spec: str | os.PathLike, dataset: str | None = None,
                  root: str | os.PathLike | None = None) -> Anchors:
-    """Anchors from a file path, or by name (``anchors_name``) under ``<data>/anchors/<dataset>/``."""
+    """Anchors from a file path, or by name (``anchors_name``) under ``<root>/anchors/<dataset>/`` of a
+    run folder ``root``."""
     path = Path(spec)
     if path.suffix == ".npz" or path.is_file():
         return Anchors.load(path)
-    if dataset is None:
-        raise ValueError(f"anchors {str(spec)!r} is not a file; to load it by name give the dataset "
-                         "(anchors live under <data>/anchors/<dataset>/<name>.npz)")
+    if dataset is None or root is None:
+        raise ValueError(f"anchors {str(spec)!r} is not a file; to load it by name give the dataset and the run "
+                         "folder root (anchors live under <run>/anchors/<dataset>/<name>.npz)")
     path = anchors_path(dataset, str(spec), root)
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.npz")) if path.parent.is_dir() else []

@@ -164,7 +164,9 @@ class RunLayout:
 
     def anchors(self, split: str, name: str) -> Path:
         """``<run>/anchors/<split>/<name>.npz``: SSP anchors of the gallery network ``name``."""
-        return self.root / "anchors" / split / f"{name}.npz"
+        from .anchors import anchors_path
+
+        return anchors_path(split, name, self.root)
 
     # ------------------------------------------------------------------ results
     @property
