@@ -3,15 +3,18 @@
 Each task takes one config dict (TrainConfig fields plus task options), so the same JSON runs in a
 notebook or under torchrun::
 
-    torchrun --standalone --nproc_per_node=2 -m retrieval.train \
-        --task retrieval.tasks:global_tuples --config cfg.json
+    torchrun --standalone --nproc_per_node=2 -m retrieval.train --task global --config cfg.json
+
+runs :func:`train_global` (``--task csa`` / ``asym`` / ``token`` / ``projection``: the other ``train_*``)
+and exports the trained model with :func:`~retrieval.models.save_model`; a builder given as
+``--task retrieval.tasks:global_tuples`` runs through :func:`~retrieval.train.fit` without the export.
 
 One module per task family: :mod:`~retrieval.tasks.global_net` (global descriptors with mined
 tuples), :mod:`~retrieval.tasks.csa` (CSA re-ranking), :mod:`~retrieval.tasks.asym` (asymmetric
 query networks), :mod:`~retrieval.tasks.token` (Token as a landmark classifier),
 :mod:`~retrieval.tasks.projection` (dimension reduction of fixed descriptors); what they share:
 :mod:`~retrieval.tasks.base`. The names below are attributes of this package, so that
-``retrieval.tasks:<name>`` works as a ``--task``.
+``retrieval.tasks:<name>`` works as a ``--task`` too.
 """
 
 from .asym import (ASYM_DEFAULTS, ASYM_METHODS, asym_config, asym_distill, gallery_classifier, init_query_net,
