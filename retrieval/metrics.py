@@ -79,19 +79,20 @@ def _core(ranks, oks, junks, nres, kappas):
         if q.size:
             labels[np.concatenate(ids), q] |= bit
     labels = labels.ravel()
-    # one pass over ranks in row blocks (bounded memory): the labelled (position, query) pairs
+    # one pass over ranks in row blocks (bounded memory): the labelled (position, query) pairs. Only
+    # entries with an id < n_lab can carry a label, so a comparison (one read of ranks, a bool per
+    # entry) picks the candidates and only those are looked up: the R1M distractors cost one compare.
     cols, pos, lab = [], [], []
     step = max(1, (1 << 20) // max(1, nq))
-    qidx = np.arange(nq)
     for r0 in range(0, n_ranked, step):
-        idx = np.minimum(ranks[r0:r0 + step], n_lab).astype(np.int64, copy=False)  # (b, nq), a copy
-        idx *= nq
-        idx += qidx
-        g = np.take(labels, idx.ravel())                                 # labels of the entries
-        nz = np.flatnonzero(g)
-        cols.append(nz % nq)
-        pos.append(nz // nq + r0)
-        lab.append(g[nz])
+        block = ranks[r0:r0 + step]                                       # (b, nq) view
+        nz = np.flatnonzero(block < n_lab)                                # candidate entries, row-major
+        q = nz % nq
+        g = np.take(labels, block.reshape(-1)[nz].astype(np.int64) * nq + q)  # their labels
+        keep = np.flatnonzero(g)
+        cols.append(q[keep])
+        pos.append(nz[keep] // nq + r0)
+        lab.append(g[keep])
     q, p, lab = (np.concatenate(x) for x in (cols, pos, lab))
     order = np.argsort(q * n_ranked + p, kind="stable")              # by query, then position
     q, p, lab = q[order], p[order], lab[order]
