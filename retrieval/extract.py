@@ -204,7 +204,7 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
                     scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
                     workers: int = 0, overwrite: bool = False, progress: bool = True,
                     shard_size: int = 2048, extra: dict | None = None,
-                    upscale: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+                    upscale: bool = False, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, dict]:
     """Query (cropped to ``bbx``) and db descriptors of a revisited-format ``dataset``.
 
     Saved atomically at ``path`` with the parameters that made them (incl. a fingerprint of the
@@ -214,15 +214,18 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
     missing shard (a shard that does not load or has the wrong shape is extracted again).
     ``image_size``: an int, or a list of sizes for multi-resolution (see :func:`extract_vectors`);
     recorded in the parameters as an int for one size, else as the list, beside the preprocessing
-    rule (:func:`preprocess_params`; ``upscale`` as in :func:`extract_vectors`).
+    rule (:func:`preprocess_params`; ``upscale`` as in :func:`extract_vectors`). ``dtype="float16"``
+    keeps and stores the db in half precision (for R1M: half the memory; recorded in the parameters).
     Returns ``(query (n_q, D), db (n_db, D), params)``.
     """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype={dtype!r}: expected 'float32' or 'float16'")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     params = dict(dataset=dataset.name, model=dict(model.meta), weights_sha1=model_fingerprint(model),
                   image_size=_size_param(image_size), scales=[float(s) for s in scales],
                   preprocess=preprocess_params(upscale), n_query=dataset.n_query, n_db=dataset.n_db,
-                  **(extra or {}))
+                  **(extra or {}), **({"dtype": dtype} if dtype != "float32" else {}))
     params = _jsonable(params)
     path = Path(path)
     if path.exists() and not overwrite:
@@ -248,9 +251,9 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
             desc = "db" if len(db_paths) <= shard_size else f"db {start}-{stop}"
             vecs = extract_vectors(model, db_paths[start:stop], desc=desc, **common)
             atomic_save_npy(shard, vecs)
-        shards.append(vecs)
-    db = np.concatenate(shards) if shards else np.zeros((0, query.shape[1]), np.float32)
-    save_features(path, query, db, params)
+        shards.append(vecs.astype(dtype, copy=False))
+    db = np.concatenate(shards) if shards else np.zeros((0, query.shape[1]), dtype)
+    save_features(path, query, db, params, dtype=dtype)
     shutil.rmtree(partial, ignore_errors=True)
     return query, db, params
 

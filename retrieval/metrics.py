@@ -83,7 +83,9 @@ def _core(ranks, oks, junks, nres, kappas):
     # entries with an id < n_lab can carry a label, so a comparison (one read of ranks, a bool per
     # entry) picks the candidates and only those are looked up: the R1M distractors cost one compare.
     cols, pos, lab = [], [], []
-    step = max(1, (1 << 20) // max(1, nq))
+    # entries per block: each candidate costs a few int64 temporaries, so blocks are smaller when most
+    # entries are candidates (labelled ids spread over the whole db) than when few are (R1M distractors)
+    step = max(1, (1 << (20 if 4 * n_lab < n_ranked else 18)) // max(1, nq))
     for r0 in range(0, n_ranked, step):
         block = ranks[r0:r0 + step]                                       # (b, nq) view
         nz = np.flatnonzero(block < n_lab)                                # candidate entries, row-major
