@@ -9,6 +9,7 @@ A run folder (``runs/demo`` by default, anywhere on disk) holds everything deriv
     <run>/features/<dataset>/<name>-<size>.npz           test descriptors (query + db)
     <run>/features/<train split>/<name>-<size>-<part>.npz  training-split descriptors (train / val)
     <run>/anchors/<train split>/<name>.npz   SSP anchors
+    <run>/graphs/<dataset>/<name>-k<k>.npz   the db's k-NN graph (DBA, αDBA, diffusion at scale)
     <run>/ranks/<dataset>/<method>.npz       ranked lists for 08 and the browser
     <run>/figures/*.png                      figures (``fig_dir`` elsewhere, e.g. the README's figures/)
 
@@ -167,6 +168,11 @@ class RunLayout:
         from .anchors import anchors_path
 
         return anchors_path(split, name, self.root)
+
+    def graph(self, dataset: str, name: str, k: int) -> Path:
+        """``<run>/graphs/<dataset>/<name>-k<k>.npz``: the db's k-NN graph of the descriptors ``name``
+        (:func:`~retrieval.rerank.cached_neighbours`), shared by DBA, αDBA and diffusion."""
+        return self.root / "graphs" / dataset / f"{name}-k{int(k)}.npz"
 
     # ------------------------------------------------------------------ results
     @property

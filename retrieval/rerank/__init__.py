@@ -23,11 +23,13 @@ import numpy as np
 from .base import COL_CHUNK, ROW_CHUNK, db_neighbours, first_ranks
 from .csa import affinity_features, csa_rerank, csa_rerank_loop
 from .diffusion import conjugate_gradient, diffusion, reciprocal_knn_graph
+from .graph import approximate_neighbours, cached_neighbours, neighbour_recall
 from .qe import aqe, alpha_qe, dba, qe_vectors, rerank_dba
 
 __all__ = ["METHODS", "db_neighbours", "first_ranks", "qe_vectors", "aqe", "alpha_qe", "dba", "rerank_dba",
            "reciprocal_knn_graph", "conjugate_gradient", "diffusion", "rerank", "affinity_features", "csa_rerank",
-           "csa_rerank_loop", "COL_CHUNK", "ROW_CHUNK"]
+           "csa_rerank_loop", "COL_CHUNK", "ROW_CHUNK", "approximate_neighbours", "cached_neighbours",
+           "neighbour_recall"]
 
 
 METHODS = ("aqe", "alpha_qe", "dba", "alpha_dba", "aqe+dba", "alpha_qe+dba", "diffusion")

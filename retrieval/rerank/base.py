@@ -103,3 +103,13 @@ def db_neighbours(db: np.ndarray, k: int, row_chunk: int = ROW_CHUNK, chunk_size
         nbr[rows] = r[~drop].reshape(len(rows), k)
         sim[rows] = s[~drop].reshape(len(rows), k)
     return nbr, sim
+
+
+def given_neighbours(neighbours, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(nbr, sim)`` lists computed elsewhere (e.g. :func:`~retrieval.rerank.graph.cached_neighbours`)
+    checked against the db (n rows) and cut to their first ``k`` columns."""
+    nbr, sim = (np.asarray(a) for a in neighbours)
+    if nbr.ndim != 2 or nbr.shape != sim.shape or nbr.shape[0] != n or nbr.shape[1] < k:
+        raise ValueError(f"neighbours: expected (nbr, sim) of shape (n_db={n}, >= k={k}), got {nbr.shape} and "
+                         f"{sim.shape}")
+    return nbr[:, :k].astype(np.int64, copy=False), sim[:, :k].astype(np.float32, copy=False)

@@ -11,12 +11,12 @@ import torch
 
 from ..search import exact_search
 from .base import (COL_CHUNK, ROW_CHUNK, checked_db, checked_features, checked_int, checked_nonneg, checked_top,
-                   db_neighbours, power_weights)
+                   db_neighbours, given_neighbours, power_weights)
 
 
 def reciprocal_knn_graph(db: np.ndarray, k: int, gamma: float = 3.0, row_chunk: int = ROW_CHUNK,
-                         chunk_size: int = COL_CHUNK,
-                         device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         chunk_size: int = COL_CHUNK, device: str | None = None,
+                         neighbours=None) -> tuple[np.ndarray, np.ndarray]:
     """Reciprocal k-NN affinity graph of Iscen et al. (CVPR 2017) as neighbour lists.
 
     db (n_db, D) → ``nbr`` (n_db, k) int64 and ``w`` (n_db, k) float32 with
@@ -27,8 +27,9 @@ def reciprocal_knn_graph(db: np.ndarray, k: int, gamma: float = 3.0, row_chunk: 
     gamma = float(gamma)
     if not (math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
-    nbr, sim = db_neighbours(db, k, row_chunk=row_chunk, chunk_size=chunk_size, device=device)
     n = db.shape[0]
+    nbr, sim = (given_neighbours(neighbours, n, k) if neighbours is not None else  # computed once elsewhere
+                db_neighbours(db, k, row_chunk=row_chunk, chunk_size=chunk_size, device=device))
     w = np.maximum(sim, 0) ** np.float32(gamma)
     for r0 in range(0, n, row_chunk):
         rows = np.arange(r0, min(r0 + row_chunk, n))
@@ -120,7 +121,8 @@ def _sub_operator(sub: torch.Tensor, nbr_t: torch.Tensor, w_t: torch.Tensor, alp
 def diffusion(query: np.ndarray, db: np.ndarray, k: int = 50, truncate: int | None = 1000,
               gamma: float = 3.0, alpha: float = 0.99, iters: int = 20, tol: float = 1e-6,
               top: int | None = None, kq: int = 10, batch: int = 8, row_chunk: int = ROW_CHUNK,
-              chunk_size: int = COL_CHUNK, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+              chunk_size: int = COL_CHUNK, device: str | None = None,
+              neighbours=None) -> tuple[np.ndarray, np.ndarray]:
     """Diffusion on the db k-NN graph (Iscen et al., "Efficient diffusion on region manifolds",
     CVPR 2017), global-descriptor version.
 
@@ -135,6 +137,9 @@ def diffusion(query: np.ndarray, db: np.ndarray, k: int = 50, truncate: int | No
     α = 0.99, 20 CG iterations, tol 1e-6; truncation to 1000 is the lab's choice (the release
     truncates only at 100k scale, to 10000 regional vectors). k-NN lists exclude the item itself
     (the release keeps it and then zeros the diagonal, i.e. k − 1 other items).
+
+    ``neighbours``: the db's k-NN lists ``(nbr, sim)`` computed once elsewhere (approximate at
+    scale: :mod:`retrieval.rerank.graph`), else exact here.
 
     query (n_q, D), db (n_db, D) → ranks (top, n_q) int64, scores (top, n_q) float32 (f ≥ 0).
     """
@@ -157,7 +162,7 @@ def diffusion(query: np.ndarray, db: np.ndarray, k: int = 50, truncate: int | No
     batch = checked_int("batch", batch, 1, 2 ** 31)
 
     nbr, w = reciprocal_knn_graph(db, k, gamma, row_chunk=row_chunk, chunk_size=chunk_size,
-                                  device=device)
+                                  device=device, neighbours=neighbours)
     out_r = np.empty((top, n_q), np.int64)
     out_s = np.empty((top, n_q), np.float32)
     if truncate is None:

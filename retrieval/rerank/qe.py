@@ -10,7 +10,7 @@ import torch
 from ..models.functional import l2n
 from ..search import exact_search
 from .base import (COL_CHUNK, ROW_CHUNK, checked_db, checked_features, checked_int, checked_nonneg, checked_top,
-                   db_neighbours, first_ranks, power_weights)
+                   db_neighbours, first_ranks, given_neighbours, power_weights)
 
 
 @torch.no_grad()
@@ -76,12 +76,13 @@ def aqe(query: np.ndarray, db: np.ndarray, ranks: np.ndarray | None = None, k: i
 
 @torch.no_grad()
 def dba(db: np.ndarray, k: int = 2, alpha: float = 0.0, row_chunk: int = ROW_CHUNK,
-        chunk_size: int = COL_CHUNK, device: str | None = None) -> np.ndarray:
+        chunk_size: int = COL_CHUNK, device: str | None = None, neighbours=None) -> np.ndarray:
     """Database-side augmentation: x_i ← L2(x_i + Σ_{j∈N_k(i)} max(x_iᵀx_j, 0)^α x_j).
 
     N_k(i): the k nearest other db items (:func:`db_neighbours`). α = 0: DBA with uniform weights
     (Arandjelović & Zisserman, CVPR 2012); α > 0: αDBA (Radenović et al., TPAMI 2018). k = 0 is the
-    identity. db (n_db, D) → float32 (n_db, D).
+    identity. db (n_db, D) → float32 (n_db, D). ``neighbours``: the db's k-NN lists ``(nbr, sim)``
+    computed once elsewhere (approximate at scale: :mod:`retrieval.rerank.graph`), else exact here.
     """
     db = checked_db(db, "dba")
     n = db.shape[0]
@@ -89,7 +90,8 @@ def dba(db: np.ndarray, k: int = 2, alpha: float = 0.0, row_chunk: int = ROW_CHU
     alpha = checked_nonneg("alpha", alpha)
     if k == 0:
         return db.copy()
-    nbr, sim = db_neighbours(db, k, row_chunk=row_chunk, chunk_size=chunk_size, device=device)
+    nbr, sim = (given_neighbours(neighbours, n, k) if neighbours is not None else
+                db_neighbours(db, k, row_chunk=row_chunk, chunk_size=chunk_size, device=device))
     out = np.empty_like(db)
     dbt = torch.from_numpy(db)
     for r0 in range(0, n, row_chunk):
@@ -103,8 +105,8 @@ def dba(db: np.ndarray, k: int = 2, alpha: float = 0.0, row_chunk: int = ROW_CHU
 def rerank_dba(query: np.ndarray, db: np.ndarray, k: int = 2, alpha: float = 0.0,
                top: int | None = None, qe_k: int = 0, qe_alpha: float = 3.0,
                row_chunk: int = ROW_CHUNK, chunk_size: int = COL_CHUNK,
-               device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search the DBA-augmented db (:func:`dba` with ``k``, ``alpha``).
+               device: str | None = None, neighbours=None) -> tuple[np.ndarray, np.ndarray]:
+    """Search the DBA-augmented db (:func:`dba` with ``k``, ``alpha``, ``neighbours``).
 
     Common protocol (Gordo et al., IJCV 2017; Radenović et al., TPAMI 2018): the queries are NOT
     augmented by DBA; query expansion is a separate step on the augmented db, ``+αQE+DBA``:
@@ -116,7 +118,7 @@ def rerank_dba(query: np.ndarray, db: np.ndarray, k: int = 2, alpha: float = 0.0
     top = checked_top(top, n_db)
     qe_k = checked_int("qe_k", qe_k, 0, n_db, f" (n_db={n_db})")
     qe_alpha = checked_nonneg("qe_alpha", qe_alpha)
-    aug = dba(db, k, alpha, row_chunk=row_chunk, chunk_size=chunk_size, device=device)
+    aug = dba(db, k, alpha, row_chunk=row_chunk, chunk_size=chunk_size, device=device, neighbours=neighbours)
     if qe_k:
         return alpha_qe(query, aug, k=qe_k, alpha=qe_alpha, top=top, chunk_size=chunk_size,
                         device=device)

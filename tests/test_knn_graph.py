@@ -1,0 +1,62 @@
+"""The db's approximate k-NN graph: recall against exact lists, the cache keyed by the db, and DBA /
+diffusion fed a graph computed once give what they compute themselves."""
+
+import numpy as np
+import pytest
+
+from retrieval.layout import RunLayout
+from retrieval.rerank import (approximate_neighbours, cached_neighbours, db_neighbours, dba, diffusion,
+                              neighbour_recall, rerank_dba)
+
+
+def _clustered(n=3000, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, dim))
+    x = centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_hnsw_lists_match_exact_ones_closely():
+    db = _clustered()
+    nbr, sim = approximate_neighbours(db, 10)
+    assert nbr.shape == sim.shape == (len(db), 10) and nbr.dtype == np.int64
+    assert not (nbr == np.arange(len(db))[:, None]).any()            # never itself
+    assert np.all(np.diff(sim, axis=1) <= 1e-6)                       # best first
+    exact, _ = db_neighbours(db, 10)
+    overlap = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(nbr, exact)])
+    assert overlap >= 0.95
+    assert abs(neighbour_recall(db, nbr, sample=300) - overlap) < 0.05  # the sampled estimate
+    assert neighbour_recall(db, exact, sample=300) == 1.0
+    np.testing.assert_array_equal(approximate_neighbours(db, 5, method="exact")[0], exact[:, :5])
+    with pytest.raises(ValueError, match="method='ivf'"):
+        approximate_neighbours(db, 5, method="ivf")
+
+
+def test_cache_is_reused_only_for_the_same_db_and_parameters(tmp_path):
+    db = _clustered(800, 16, seed=1)
+    path = RunLayout(tmp_path).graph("d", "gem", 8)
+    nbr, sim, info = cached_neighbours(db, 8, path, recall_sample=100)
+    assert path.is_file() and info["recall"] >= 0.9 and info["k"] == 8
+    again = cached_neighbours(db, 4, path, recall_sample=100)             # fewer neighbours: the stored first 4
+    np.testing.assert_array_equal(again[0], nbr[:, :4])
+    assert again[2]["build_seconds"] == info["build_seconds"]
+    other = db.copy()
+    other[0] = other[1]
+    rebuilt = cached_neighbours(other, 8, path, recall_sample=100)[2]     # another db: built again
+    assert rebuilt["db_sha1"] != info["db_sha1"]
+    assert cached_neighbours(other, 8, path, recall_sample=100, ef_search=64)[2]["ef_search"] == 64
+
+
+def test_methods_fed_the_graph_equal_their_own_exact_lists():
+    db = _clustered(600, 16, seed=2)
+    query = _clustered(12, 16, seed=3)
+    lists = db_neighbours(db, 50)
+    np.testing.assert_allclose(dba(db, k=2, alpha=3.0, neighbours=lists), dba(db, k=2, alpha=3.0), atol=1e-6)
+    a = rerank_dba(query, db, k=2, neighbours=lists, top=50)
+    b = rerank_dba(query, db, k=2, top=50)
+    np.testing.assert_array_equal(a[0], b[0])
+    a = diffusion(query, db, k=20, truncate=200, top=100, neighbours=lists)
+    b = diffusion(query, db, k=20, truncate=200, top=100)
+    np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="neighbours: expected"):
+        dba(db, k=2, neighbours=(lists[0][:10], lists[1][:10]))
