@@ -51,11 +51,11 @@ BACKENDS = ("auto", "torch", "faiss")
 def faiss_faster(n_q: int, n_db: int, dim: int) -> bool:
     """Whether ``faiss.knn`` beats the torch path for an exact top-k of this shape on the CPU, as
     measured on a 2-core AMD EPYC (AVX-512; top-100, D 512 / 2048, 8-1,000 queries, 5k-200k db):
-    1.2-3.8x faster from 256 queries and 10⁹ multiply-adds on, 1.2-1.4x at D >= 1024 from 32 queries
-    and 10¹⁰ multiply-adds; but 2.5-3x slower at 70 queries of 512-d (where torch stays), and equal
-    with a handful of queries. The synthetic demo's searches (70 q x 1,570) stay on torch."""
+    1.2-3.8x faster from 256 queries and 10⁹ multiply-adds on, 1.0-1.4x at D >= 1024 from 32 queries
+    and 5·10⁸ multiply-adds; but 2.5-3x slower at 70 queries of 512-d (where torch stays), and equal
+    with a handful of queries. The synthetic demo's searches (70 q x 1,570 x 1,280) stay on torch."""
     work = float(n_q) * n_db * dim
-    return (n_q >= 256 and work >= 1e9) or (dim >= 1024 and n_q >= 32 and work >= 1e10)
+    return (n_q >= 256 and work >= 1e9) or (dim >= 1024 and n_q >= 32 and work >= 5e8)
 
 
 def _faiss_topk(query: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +68,11 @@ def _faiss_topk(query: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, 
     kk = min(k + 1, n_db)
     scores, ids = faiss.knn(np.ascontiguousarray(query), np.ascontiguousarray(db), kk,
                             metric=faiss.METRIC_INNER_PRODUCT)
-    s, i = _stable_order(torch.from_numpy(scores), torch.from_numpy(ids))
-    s, i = s.numpy(), i.numpy()
+    s, i = scores, ids
+    tie = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(1))    # rows with equal scores: order them by index
+    if tie.size:
+        st, it = _stable_order(torch.from_numpy(s[tie]), torch.from_numpy(i[tie]))
+        s[tie], i[tie] = st.numpy(), it.numpy()
     if kk > k:
         tied = np.flatnonzero(s[:, k - 1] == s[:, k])
         if tied.size:
