@@ -77,6 +77,22 @@ def timed(fn, repeat: int = 1, warmup: bool = False):
     return best, out
 
 
+def timed_interleaved(fns: dict, repeat: int = 1, warmup: bool = False) -> dict:
+    """{name: (best seconds, last result)} for several functions called in turn, ``repeat`` rounds:
+    a contender and its baseline see the same machine state (a shared machine drifts by 10-20 %
+    between minutes here, more than some of the differences measured)."""
+    if warmup:
+        for fn in fns.values():
+            fn()
+    best = {name: (float("inf"), None) for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out = fn()
+            best[name] = (min(best[name][0], time.perf_counter() - t), out)
+    return best
+
+
 def _rss_kb(key: str) -> int | None:
     try:
         m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)

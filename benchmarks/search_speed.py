@@ -14,9 +14,10 @@ import gc
 import numpy as np
 import torch
 
-from _common import fmt_s, machine, machine_line, parser, peak_rss, sgemm_peak, skip, timed, unit_vectors, write
+from _common import (fmt_s, machine, machine_line, parser, peak_rss, sgemm_peak, skip, timed, timed_interleaved,
+                     unit_vectors, write)
 
-from retrieval.search import exact_search, faiss_index
+from retrieval.search import exact_search, faiss_faster, faiss_index
 
 K = 100
 IVF_CASES = {(1_000_000, 512)}  # (n_db, D) where IVF-PQ is built in a full run (~2 min each on 2 cores)
@@ -69,7 +70,16 @@ def main(argv=None) -> dict:
                 rep = 3 if flop < 5e10 else 1
                 with peak_rss() as mem:  # kept for the largest case (one run, rep = 1 there)
                     t_ours, (r_ours, _) = timed(lambda: exact_search(q, db, K, device="cpu"), rep, warmup=rep > 1)
-                t_faiss, (r_faiss, _) = timed(lambda: faiss_topk(q, db), rep, warmup=rep > 1)
+                # against faiss in alternation (best of 3 rounds, 1 at the largest shapes); where faiss is
+                # the engine (faiss_faster), also without the db's NaN/Inf pass (check_finite=False)
+                fns = {"ours": lambda: exact_search(q, db, K, device="cpu"), "faiss": lambda: faiss_topk(q, db)}
+                engine = "faiss" if faiss_faster(nq, n, dim) else "torch"
+                if engine == "faiss":
+                    fns["unchecked"] = lambda: exact_search(q, db, K, device="cpu", check_finite=False)
+                duel = timed_interleaved(fns, rep)
+                t_ours = min(t_ours, duel["ours"][0])
+                t_faiss, (r_faiss, _) = duel["faiss"]
+                t_unchecked = duel["unchecked"][0] if engine == "faiss" else None
                 # the numpy baseline holds (nq, n) scores and int64 argsort indices: at 1k x 1M that is
                 # 12 GB and ~1 min of sorting, so it is timed on the first 100 queries and scaled
                 # (both its matmul and its per-row sort are linear in the number of queries)
@@ -78,6 +88,8 @@ def main(argv=None) -> dict:
                 t_np *= nq / sub
                 row = dict(dim=dim, n_db=n, queries=nq, ours_s=t_ours, numpy_s=t_np, faiss_s=t_faiss,
                            numpy_extrapolated_from=sub if sub < nq else None,
+                           engine=engine, unchecked_s=t_unchecked,
+                           faiss_over_unchecked=None if t_unchecked is None else t_faiss / t_unchecked,
                            numpy_over_ours=t_np / t_ours, faiss_over_ours=t_faiss / t_ours,
                            ours_gflops=flop / t_ours / 1e9, faiss_gflops=flop / t_faiss / 1e9,
                            ours_of_peak=flop / t_ours / 1e9 / peak,
@@ -92,14 +104,18 @@ def main(argv=None) -> dict:
                       f"{100 * row['ours_of_peak']:3.0f}% of peak) | numpy {fmt_s(t_np):>9} = {row['numpy_over_ours']:5.1f}x "
                       + (f"| faiss flat {fmt_s(t_faiss):>9} = {row['faiss_over_ours']:4.2f}x" if r_faiss is not None
                          else "| faiss flat skipped")
+                      + (f" | unchecked {fmt_s(t_unchecked)} = {row['faiss_over_unchecked']:4.2f}x" if t_unchecked else "")
                       + (f" | GPU {fmt_s(row['gpu_s'])}" if cuda else "")
                       + f" | same top-{K} as numpy: {row['same_as_numpy']:.3f}"
                       + ("" if r_faiss is None else f", as faiss: {row['same_as_faiss']:.3f}") + ext)
-                table.append([f"exact top-{K}, D={dim}, {n:,} db, {nq} q: ours (GFLOP/s, % of peak) / numpy / faiss flat",
+                table.append([f"exact top-{K}, D={dim}, {n:,} db, {nq} q ({engine}): ours (GFLOP/s, % of peak) / numpy / "
+                              "faiss flat / ours with check_finite=False",
                               f"{fmt_s(t_ours)} ({row['ours_gflops']:.0f}, {100 * row['ours_of_peak']:.0f}%) / "
                               f"{fmt_s(t_np)}{'*' if sub < nq else ''} (**{row['numpy_over_ours']:.1f}x**) / "
                               + (f"{fmt_s(t_faiss)} (**{row['faiss_over_ours']:.2f}x**)" if r_faiss is not None
-                               else "skipped (time budget)")])
+                               else "skipped (time budget)")
+                              + (f" / {fmt_s(t_unchecked)} (**{row['faiss_over_unchecked']:.2f}x**)" if t_unchecked
+                                 else " / (torch: checked inside the matmul loop)")])
             if n == sizes[-1]:  # mem: the run of the largest case above
                 rows[-1]["ours_peak_extra_mb"] = mem["extra_mb"]
                 print(f"    peak memory of exact_search, {len(q_all)} q x {n:,} x {dim}: +{mem['extra_mb']:.0f} MB "

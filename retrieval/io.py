@@ -152,13 +152,15 @@ def _all_finite(x: np.ndarray, block: int = 1 << 22) -> bool:
     return True
 
 
-def check_features(query: np.ndarray, db: np.ndarray, name: str = "features") -> None:
-    """Raise ValueError unless ``query`` (n_q, D) and ``db`` (n_db, D) are finite 2-D arrays of the
-    same dimension D."""
+def check_features(query: np.ndarray, db: np.ndarray, name: str = "features",
+                   finite: tuple[str, ...] = ("query", "db")) -> None:
+    """Raise ValueError unless ``query`` (n_q, D) and ``db`` (n_db, D) are 2-D arrays of the same
+    dimension D, and those named in ``finite`` hold no NaN or Inf (a caller that finds non-finite
+    values on its own way through the data leaves that array out)."""
     for what, x in (("query", query), ("db", db)):
         if x.ndim != 2:
             raise ValueError(f"{name}: {what} must be 2-D (n, D), got shape {x.shape}")
-        if not _all_finite(x):
+        if what in finite and not _all_finite(x):
             raise ValueError(f"{name}: {what} contains NaN or Inf")
     if query.shape[1] != db.shape[1]:
         raise ValueError(f"{name}: query dimension {query.shape[1]} != db dimension {db.shape[1]}")

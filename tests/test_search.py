@@ -172,6 +172,29 @@ def test_errors(data, index):
         search(q[0], db, k=3, index=index, **kw)
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_db_row_in_a_later_chunk_is_refused(data, backend, value):
+    q, db = data
+    bad = db.copy()
+    bad[250, 3] = value                                   # chunk 5 of 50-row chunks
+    with pytest.raises(ValueError, match="db contains NaN or Inf"):
+        exact_search(q, bad, 5, chunk_size=50, device="cpu", backend=backend)
+    # check_finite=False skips the check: torch ranks the NaN row first, faiss drops it
+    r, _ = exact_search(q, bad, 5, chunk_size=50, device="cpu", backend=backend, check_finite=False)
+    assert r.shape == (5, len(q))
+
+
+def test_large_finite_values_are_not_mistaken_for_inf():
+    """A chunk whose sum overflows float32 but holds only finite values is searched, not refused."""
+    db = np.full((4, 8), 3e37, np.float32)
+    db[:, 1::2] = 1e-3
+    q = np.eye(8, dtype=np.float32)[:2] * 1e-3
+    r, s = exact_search(q, db, 2, device="cpu", backend="torch")
+    np.testing.assert_array_equal(r, [[0, 0], [1, 1]])
+    assert np.isfinite(s).all()
+
+
 def test_unknown_index(data):
     q, db = data
     with pytest.raises(ValueError) as e:

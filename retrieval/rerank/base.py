@@ -12,7 +12,7 @@ from ..io import check_features
 from ..search import exact_search
 
 ROW_CHUNK = 1024     # db rows per neighbour-search chunk
-COL_CHUNK = 16384    # db columns per matmul chunk inside exact_search
+COL_CHUNK = None     # db rows per matmul chunk inside exact_search (None: its 32 MB default)
 
 
 def checked_features(query, db, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +79,7 @@ def power_weights(s: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def db_neighbours(db: np.ndarray, k: int, row_chunk: int = ROW_CHUNK, chunk_size: int = COL_CHUNK,
+def db_neighbours(db: np.ndarray, k: int, row_chunk: int = ROW_CHUNK, chunk_size: int | None = COL_CHUNK,
                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest db items of every db item, itself excluded.
 

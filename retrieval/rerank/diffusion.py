@@ -15,7 +15,7 @@ from .base import (COL_CHUNK, ROW_CHUNK, checked_db, checked_features, checked_i
 
 
 def reciprocal_knn_graph(db: np.ndarray, k: int, gamma: float = 3.0, row_chunk: int = ROW_CHUNK,
-                         chunk_size: int = COL_CHUNK, device: str | None = None,
+                         chunk_size: int | None = COL_CHUNK, device: str | None = None,
                          neighbours=None) -> tuple[np.ndarray, np.ndarray]:
     """Reciprocal k-NN affinity graph of Iscen et al. (CVPR 2017) as neighbour lists.
 
@@ -121,7 +121,7 @@ def _sub_operator(sub: torch.Tensor, nbr_t: torch.Tensor, w_t: torch.Tensor, alp
 def diffusion(query: np.ndarray, db: np.ndarray, k: int = 50, truncate: int | None = 1000,
               gamma: float = 3.0, alpha: float = 0.99, iters: int = 20, tol: float = 1e-6,
               top: int | None = None, kq: int = 10, batch: int = 8, row_chunk: int = ROW_CHUNK,
-              chunk_size: int = COL_CHUNK, device: str | None = None,
+              chunk_size: int | None = COL_CHUNK, device: str | None = None,
               neighbours=None) -> tuple[np.ndarray, np.ndarray]:
     """Diffusion on the db k-NN graph (Iscen et al., "Efficient diffusion on region manifolds",
     CVPR 2017), global-descriptor version.

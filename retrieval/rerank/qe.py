@@ -40,7 +40,7 @@ def qe_vectors(query: np.ndarray, db: np.ndarray, ranks: np.ndarray, k: int, alp
 
 
 def alpha_qe(query: np.ndarray, db: np.ndarray, ranks: np.ndarray | None = None, k: int = 2,
-             alpha: float = 3.0, top: int | None = None, chunk_size: int = COL_CHUNK,
+             alpha: float = 3.0, top: int | None = None, chunk_size: int | None = COL_CHUNK,
              device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """α-weighted query expansion (Radenović, Tolias & Chum, TPAMI 2018): re-search with
     L2(q + Σ_{j<k} max(qᵀd_j, 0)^α d_j) over the first-stage top-k d_j (query weight 1).
@@ -62,7 +62,7 @@ def alpha_qe(query: np.ndarray, db: np.ndarray, ranks: np.ndarray | None = None,
 
 
 def aqe(query: np.ndarray, db: np.ndarray, ranks: np.ndarray | None = None, k: int = 2,
-        top: int | None = None, chunk_size: int = COL_CHUNK,
+        top: int | None = None, chunk_size: int | None = COL_CHUNK,
         device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Average query expansion (Chum et al., ICCV 2007), global-descriptor form: re-search with
     L2(q + Σ_{j<k} d_j), the query itself included, all k + 1 vectors unweighted.
@@ -76,7 +76,7 @@ def aqe(query: np.ndarray, db: np.ndarray, ranks: np.ndarray | None = None, k: i
 
 @torch.no_grad()
 def dba(db: np.ndarray, k: int = 2, alpha: float = 0.0, row_chunk: int = ROW_CHUNK,
-        chunk_size: int = COL_CHUNK, device: str | None = None, neighbours=None) -> np.ndarray:
+        chunk_size: int | None = COL_CHUNK, device: str | None = None, neighbours=None) -> np.ndarray:
     """Database-side augmentation: x_i ← L2(x_i + Σ_{j∈N_k(i)} max(x_iᵀx_j, 0)^α x_j).
 
     N_k(i): the k nearest other db items (:func:`db_neighbours`). α = 0: DBA with uniform weights
@@ -104,7 +104,7 @@ def dba(db: np.ndarray, k: int = 2, alpha: float = 0.0, row_chunk: int = ROW_CHU
 
 def rerank_dba(query: np.ndarray, db: np.ndarray, k: int = 2, alpha: float = 0.0,
                top: int | None = None, qe_k: int = 0, qe_alpha: float = 3.0,
-               row_chunk: int = ROW_CHUNK, chunk_size: int = COL_CHUNK,
+               row_chunk: int = ROW_CHUNK, chunk_size: int | None = COL_CHUNK,
                device: str | None = None, neighbours=None) -> tuple[np.ndarray, np.ndarray]:
     """Search the DBA-augmented db (:func:`dba` with ``k``, ``alpha``, ``neighbours``).
 
