@@ -169,3 +169,45 @@ def write(res: dict, out: str | None) -> None:
 
         atomic_write_json(out, res)
         print(f"  -> {out}")
+
+
+def fitted_vectors(n: int, like: np.ndarray, seed: int, chunk: int = 1 << 16) -> np.ndarray:
+    """(n, D) float32 L2-normalised random vectors with the mean and covariance of ``like`` (m, D)
+    (Gaussian through its SVD), deterministic for ``seed``: distractors with the spectrum of real
+    descriptors (a few directions carry most of the variance), where isotropic random vectors have
+    none and make every approximate k-NN method fail (all neighbours nearly equidistant)."""
+    like = np.asarray(like, np.float64)
+    mean = like.mean(0)
+    _, sv, vt = np.linalg.svd(like - mean, full_matrices=False)
+    basis = (sv[:, None] / np.sqrt(max(1, len(like) - 1)) * vt).astype(np.float32)   # (r, D)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, like.shape[1]), np.float32)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        x = rng.standard_normal((m, len(basis)), dtype=np.float32) @ basis
+        x += mean.astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[i:i + m] = x
+    return out
+
+
+FEATURES_DIR = ROOT / "runs" / "demo" / "features" / "synth-default"   # make demo's GeM descriptors
+
+
+def load_synthetic(skipped: list) -> tuple[np.ndarray, np.ndarray, str]:
+    """(query, db, source): ``make demo``'s off-the-shelf GeM descriptors of the synthetic test set
+    (the GeM block of notebook 01's multi-pooling file, 1,280-d), else random vectors of the same
+    shape (noted in ``skipped``)."""
+    import json
+
+    from retrieval.models.multilayer import select_pooling
+
+    found = sorted(FEATURES_DIR.glob("pool*-gem-*-imagenet-240.npz"))
+    if found:
+        with np.load(found[0]) as z:
+            meta = json.loads(str(z["params"]))["model"]
+            q, db = (select_pooling(z[x], meta, "gem").astype(np.float32) for x in ("query", "db"))
+        return q, db, f"{found[0].relative_to(ROOT)} (gem block)"
+    skip("the synthetic test set's descriptors", f"no pool*-gem-*-imagenet-240.npz in {FEATURES_DIR} (run make "
+         "demo): isotropic random vectors of the same shape instead", skipped)
+    return unit_vectors(70, 1280, 7), unit_vectors(1570, 1280, 8), "random (70 x 1280, 1,570 x 1280)"

@@ -14,29 +14,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from _common import ROOT, fmt_s, machine, machine_line, parser, skip, timed, unit_vectors, write
+from _common import fitted_vectors, fmt_s, load_synthetic, machine, machine_line, parser, skip, timed, write
 
 from retrieval.models.csa import build_csa
 from retrieval.rerank import (aqe, alpha_qe, approximate_neighbours, csa_rerank, csa_rerank_loop, db_neighbours, dba,
                               diffusion, neighbour_recall)
 from retrieval.search import exact_search
 
-FEATURES_DIR = ROOT / "runs" / "demo" / "features" / "synth-default"   # make demo's GeM descriptors
 GRAPH_SAMPLE = 10_000   # db rows on which the approximate k-NN graph (HNSW) is built at the 1M scale
 # as notebook 03 on the demo: qe k = 2, α = 3, dba k = 2, diffusion k = 50 truncated to 1000,
 # CSA K = 128, L = 64, width 128, 4 heads, depth 2 (random weights: the cost does not depend on them)
 QE_K, QE_ALPHA, DBA_K, DIFF_K, TRUNC = 2, 3.0, 2, 50, 1000
 CSA_K, CSA_L, CSA_DIM, CSA_HEADS, CSA_BATCH = 128, 64, 128, 4, 64
-
-
-def load_synthetic(skipped):
-    found = sorted(FEATURES_DIR.glob("gem-*-240.npz"))
-    if found:
-        with np.load(found[0]) as z:
-            return z["query"], z["db"], f"{found[0].relative_to(ROOT)}"
-    skip("the synthetic test set's descriptors", f"no gem-*-240.npz in {FEATURES_DIR} (run make demo): random "
-         "vectors of the same shape instead", skipped)
-    return unit_vectors(70, 512, 7), unit_vectors(1570, 512, 8), "random (70 x 512, 1,570 x 512)"
 
 
 def main(argv=None) -> dict:
@@ -52,7 +41,7 @@ def main(argv=None) -> dict:
 
     for label, db in (("synthetic", db0), (f"+{n_distract:,} distractors", None)):
         if db is None:
-            db = np.concatenate([db0, unit_vectors(n_distract, db0.shape[1], seed=11)])
+            db = np.concatenate([db0, fitted_vectors(n_distract, db0, seed=11)])
         n = len(db)
         big = n > 100_000
         top = 1000                                   # lists of the first TRUNC items are re-ranked

@@ -20,16 +20,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 # in this order; any other benchmarks/*.py script (not starting with "_") runs after them
 ORDER = ["eval_speed", "search_speed", "rerank_speed", "extract_speed", "csa_inference"]
 # not in `make bench` (run with --only NAME or on their own): why
 SEPARATE = {"index_memory": "index sizes for the README's scale note; faiss PQ/IVF training takes ~6 min per "
-                            "dimension on 2 cores (python benchmarks/index_memory.py)"}
+                            "dimension on 2 cores (python benchmarks/index_memory.py)",
+            "rerank_r1m": "DBA and diffusion on the 1M-distractor db's approximate k-NN graph; the graph takes "
+                          "minutes to tens of minutes on 2 cores (python benchmarks/rerank_r1m.py)"}
 # extra arguments of a full run (sizes that keep `make bench` within ~15 minutes on 2 cores)
 FULL_ARGS = {"csa_inference": ["--queries", "16", "--batch", "16"]}
 # small sizes for a script that has no --quick flag
-QUICK_ARGS = {"index_memory": ["--n", "20000", "--dims", "512"]}
+QUICK_ARGS = {"index_memory": ["--n", "20000", "--dims", "512"], "rerank_r1m": ["--quick"]}
 
 
 def scripts() -> list[str]:
@@ -83,9 +84,11 @@ def markdown(done: list[tuple[str, int, float, Path]], total: float) -> str:
     return "\n".join(head + lines) + "\n"
 
 
-def update_readme(text: str) -> None:
+def update_readme(text: str, marker: str = "bench") -> None:
+    """Replace the README's text between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->``."""
     from retrieval.io import atomic_write_bytes  # noqa: E402  (the repository root is on sys.path)
 
+    BEGIN, END = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     body = README.read_text() if README.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in body or END not in body:
         body += f"\n{BEGIN}\n{END}\n"

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .datasets.images import prepare_image
+from .distributed import barrier, is_main, rank, world
 from .io import atomic_save_npy, atomic_write_json, load_features, save_features
 
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
@@ -212,6 +213,9 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
     (``overwrite`` forces it). The queries and then the db, in shards of ``shard_size`` images, are
     saved atomically under ``<path>.partial/``, so an interrupted extraction resumes at the first
     missing shard (a shard that does not load or has the wrong shape is extracted again).
+    Under ``torchrun`` (an initialised process group) the db shards are split round-robin over the
+    ranks, each writing its own shard files; rank 0 extracts the queries, merges and saves; every
+    rank returns the same arrays (the same file as one process: shards do not depend on the rank).
     ``image_size``: an int, or a list of sizes for multi-resolution (see :func:`extract_vectors`);
     recorded in the parameters as an int for one size, else as the list, beside the preprocessing
     rule (:func:`preprocess_params`; ``upscale`` as in :func:`extract_vectors`). ``dtype="float16"``
@@ -233,28 +237,39 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
         if old == params:
             return query, db, params
     partial = path.with_name(path.name + ".partial")
-    if overwrite or _read_json(partial / "params.json") != params:
+    if is_main() and (overwrite or _read_json(partial / "params.json") != params):
         shutil.rmtree(partial, ignore_errors=True)
         atomic_write_json(partial / "params.json", params)
+    barrier()
     common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device,
-                  workers=workers, progress=progress, upscale=upscale)
-    query = _load_shard(partial / "query.npy", dataset.n_query)
-    if query is None:
-        query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
-        atomic_save_npy(partial / "query.npy", query)
-    db_paths, shards = dataset.db_paths(), []
-    for start in range(0, len(db_paths), shard_size):
+                  workers=workers, progress=progress and is_main(), upscale=upscale)
+    if is_main():                                                   # the queries: few, rank 0
+        query = _load_shard(partial / "query.npy", dataset.n_query)
+        if query is None:
+            query = extract_vectors(model, dataset.query_paths(), bbxs=dataset.bbxs(), desc="query", **common)
+            atomic_save_npy(partial / "query.npy", query)
+    db_paths = dataset.db_paths()
+    starts = list(range(0, len(db_paths), shard_size))
+    for start in starts[rank()::world()]:                           # db shards: round-robin over ranks
         shard = partial / f"db_{start:09d}.npy"
         stop = min(start + shard_size, len(db_paths))
-        vecs = _load_shard(shard, stop - start, query.shape[1])
-        if vecs is None:
+        if _load_shard(shard, stop - start) is None:
             desc = "db" if len(db_paths) <= shard_size else f"db {start}-{stop}"
-            vecs = extract_vectors(model, db_paths[start:stop], desc=desc, **common)
-            atomic_save_npy(shard, vecs)
-        shards.append(vecs.astype(dtype, copy=False))
-    db = np.concatenate(shards) if shards else np.zeros((0, query.shape[1]), dtype)
-    save_features(path, query, db, params, dtype=dtype)
-    shutil.rmtree(partial, ignore_errors=True)
+            atomic_save_npy(shard, extract_vectors(model, db_paths[start:stop], desc=desc, **common))
+    barrier()
+    if is_main():                                                   # rank 0 merges, every rank reads
+        query = np.load(partial / "query.npy")
+        shards = [_load_shard(partial / f"db_{a:09d}.npy", min(a + shard_size, len(db_paths)) - a, query.shape[1])
+                  for a in starts]
+        if any(x is None for x in shards):
+            raise RuntimeError(f"{partial}: a db shard is missing or broken after extraction; rerun to resume")
+        db = np.concatenate([x.astype(dtype, copy=False) for x in shards]) if shards else \
+            np.zeros((0, query.shape[1]), dtype)
+        save_features(path, query, db, params, dtype=dtype)
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier()
+    if not is_main():
+        query, db, _ = load_features(path)
     return query, db, params
 
 
@@ -335,3 +350,51 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``[torchrun --nproc_per_node=N] python -m retrieval.extract --run-dir R (--network NAME |
+    --backbone B --pooling P --weights W) --dataset D [--distractors r1m] --image-size S``: a test
+    set's descriptors into ``R/features/<dataset>/<name>-<size>.npz`` (:meth:`RunLayout.descriptors`),
+    the db sharded over the ranks, resumable; ``--dtype float16`` halves the db (R1M)."""
+    import argparse
+
+    from .config import resolve_device
+    from .distributed import init_distributed
+    from .layout import RunLayout
+    from .models import build_global_net
+
+    ap = argparse.ArgumentParser(prog="python -m retrieval.extract", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--network", help="a network of the run (train_global/<name>.pth) or a published one")
+    for opt, default in (("--backbone", "efficientnet_lite0"), ("--pooling", "gem"), ("--weights", "imagenet"),
+                         ("--dataset", "synth"), ("--distractors", None), ("--device", "auto"), ("--preset", None)):
+        ap.add_argument(opt, default=default)
+    ap.add_argument("--data-seed", type=int, default=None, help="synth: the benchmark (default: the run's)")
+    ap.add_argument("--image-size", type=int, nargs="+", default=[1024])
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--shard-size", type=int, default=2048)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    if init_distributed(device) and device.startswith("cuda"):
+        device = f"cuda:{torch.cuda.current_device()}"      # this rank's GPU (LOCAL_RANK)
+    layout = RunLayout(args.run_dir, "extract")
+    net = layout.load_network(args.network) if args.network else \
+        build_global_net(args.backbone, args.pooling, weights=args.weights).eval()
+    ds = layout.test_set(args.dataset, args.preset, args.data_seed, args.distractors)
+    size = args.image_size[0] if len(args.image_size) == 1 else args.image_size
+    name = net.name + ("-ms" if len(args.scales) > 1 else "")
+    query, db, _ = layout.descriptors(net, name, ds, size, device, scales=args.scales, batch_size=args.batch_size,
+                                      workers=args.workers, shard_size=args.shard_size, dtype=args.dtype)
+    if is_main():
+        print(f"{ds.name}: query {query.shape}, db {db.shape} {db.dtype} -> {layout.features(ds.name, name, size)}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -48,14 +48,16 @@ def _chunk_topk(s: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
 BACKENDS = ("auto", "torch", "faiss")
 
 
-def faiss_faster(n_q: int, n_db: int, dim: int) -> bool:
+def faiss_faster(n_q: int, n_db: int, dim: int, k: int = 100) -> bool:
     """Whether ``faiss.knn`` beats the torch path for an exact top-k of this shape on the CPU, as
     measured on a 2-core AMD EPYC (AVX-512; top-100, D 512 / 2048, 8-1,000 queries, 5k-200k db):
     1.2-3.8x faster from 256 queries and 10⁹ multiply-adds on, 1.0-1.4x at D >= 1024 from 32 queries
     and 5·10⁸ multiply-adds; but 2.5-3x slower at 70 queries of 512-d (where torch stays), and equal
-    with a handful of queries. The synthetic demo's searches (70 q x 1,570 x 1,280) stay on torch."""
+    with a handful of queries. faiss keeps a heap per query: at k = 1,000 it was 2.9x slower than
+    torch (70 q x 100k x 1,280, AVX2 EPYC), so it is used up to k = 128 only. The synthetic demo's
+    searches (70 q x 1,570 x 1,280) stay on torch."""
     work = float(n_q) * n_db * dim
-    return (n_q >= 256 and work >= 1e9) or (dim >= 1024 and n_q >= 32 and work >= 5e8)
+    return k <= 128 and ((n_q >= 256 and work >= 1e9) or (dim >= 1024 and n_q >= 32 and work >= 5e8))
 
 
 def _faiss_topk(query: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +118,7 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
         raise ValueError(f"k must be in [1, n_db={n_db}], got {k}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend == "faiss" or (backend == "auto" and device == "cpu" and k < n_db and not half
-                              and faiss_faster(query.shape[0], n_db, db.shape[1])):
+                              and faiss_faster(query.shape[0], n_db, db.shape[1], k)):
         if not device.startswith("cpu"):
             raise ValueError(f"backend='faiss' searches on the CPU; device={device!r}")
         check_features(query, db, name="search", finite=("db",) if check_finite else ())
@@ -139,12 +141,14 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
 
 def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m: int | None = None,
                 nbits: int = 8, nprobe: int = 16, gpu: bool | None = None, seed: int = 0,
-                train: np.ndarray | None = None):
+                train: np.ndarray | None = None, shard: bool = False):
     """A faiss inner-product index over ``db`` (n_db, D): ``flat`` (exact), ``pq`` (exhaustive
     product quantisation, ``m`` sub-quantisers of ``nbits``; Jégou et al. TPAMI 2011) or ``ivfpq``
     (IVF with ``nlist`` cells + PQ of the residuals). ``train`` (n, D): the vectors the quantisers
     are trained on (default ``db``). GPU when faiss was built with it and a GPU is present
-    (``gpu=None``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ index)."""
+    (``gpu=None``; ``pip install -e '.[gpu]'``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ
+    index). With several GPUs, every GPU holds the index (faiss ``IndexReplicas``: queries split
+    across GPUs) or, with ``shard=True``, a slice of the db (``IndexShards``: a db too large for one)."""
     import faiss
 
     db = np.ascontiguousarray(db, np.float32)
@@ -184,9 +188,35 @@ def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m
         raise ValueError(f"unknown index {index!r}; expected one of {INDEXES}")
     use_gpu = (faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False) if gpu is None else gpu
     if use_gpu and index != "pq":
-        idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, idx)
+        if faiss.get_num_gpus() > 1:
+            co = faiss.GpuMultipleClonerOptions()
+            co.shard = bool(shard)
+            idx = faiss.index_cpu_to_all_gpus(idx, co)
+        else:
+            idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, idx)
     idx.add(db)
     return idx
+
+
+GPU_K_MAX = 2048   # faiss GPU indexes return at most 2,048 neighbours (k) per query
+
+
+def _on_gpu(index) -> bool:
+    import faiss
+
+    gpu_types = tuple(getattr(faiss, t) for t in ("GpuIndex", "IndexShards", "IndexReplicas") if hasattr(faiss, t))
+    return hasattr(faiss, "GpuIndex") and isinstance(index, gpu_types)
+
+
+def index_search(index, query: np.ndarray, k: int, k_max: int = GPU_K_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(query, k)`` → (scores (n_q, k), ids (n_q, k)), also past faiss GPU's limit on k:
+    a GPU index asked for more than ``k_max`` neighbours is copied to the CPU and searched there
+    (same index, same results; the k <= ``k_max`` case stays on the GPU)."""
+    if k > k_max and _on_gpu(index):
+        import faiss
+
+        index = faiss.index_gpu_to_cpu(index)
+    return index.search(query, k)
 
 
 def search(query: np.ndarray, db: np.ndarray, k: int | None = None, index: str = "exact",
@@ -203,7 +233,7 @@ def search(query: np.ndarray, db: np.ndarray, k: int | None = None, index: str =
     if not 1 <= k <= db.shape[0]:
         raise ValueError(f"k must be in [1, n_db={db.shape[0]}], got {k}")
     idx = faiss_index(db, index, **kwargs)
-    scores, ranks = idx.search(query, k)
+    scores, ranks = index_search(idx, query, k)
     if (ranks < 0).any():
         raise ValueError(f"index={index!r} found fewer than k={k} results for some queries (the probed "
                          "cells hold too few vectors): lower k or raise nprobe")

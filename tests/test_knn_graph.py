@@ -28,8 +28,23 @@ def test_hnsw_lists_match_exact_ones_closely():
     assert abs(neighbour_recall(db, nbr, sample=300) - overlap) < 0.05  # the sampled estimate
     assert neighbour_recall(db, exact, sample=300) == 1.0
     np.testing.assert_array_equal(approximate_neighbours(db, 5, method="exact")[0], exact[:, :5])
-    with pytest.raises(ValueError, match="method='ivf'"):
-        approximate_neighbours(db, 5, method="ivf")
+    with pytest.raises(ValueError, match="method='lsh'"):
+        approximate_neighbours(db, 5, method="lsh")
+    with pytest.raises(ValueError, match=r"takes .*not \['nprobe'\]"):
+        approximate_neighbours(db, 5, method="hnsw", nprobe=4)
+
+
+def test_ivf_graph_recall_grows_with_nprobe_to_exact():
+    db = _clustered()
+    exact, _ = db_neighbours(db, 10)
+    recalls = [neighbour_recall(db, approximate_neighbours(db, 10, method="ivf", nlist=32, nprobe=p)[0],
+                                sample=len(db)) for p in (2, 4, 32)]
+    assert recalls[0] < recalls[1] <= recalls[2] == 1.0            # all 32 cells probed: the exact lists
+    nbr, sim = approximate_neighbours(db, 10, method="ivf", nlist=32, nprobe=32)
+    np.testing.assert_array_equal(np.sort(nbr, 1), np.sort(exact, 1))
+    assert not (nbr == np.arange(len(db))[:, None]).any()
+    with pytest.raises(ValueError, match="fewer than k"):         # 1 probed cell of ~4 items
+        approximate_neighbours(db, 10, method="ivf", nlist=len(db) // 4, nprobe=1, train_size=len(db))
 
 
 def test_cache_is_reused_only_for_the_same_db_and_parameters(tmp_path):
@@ -45,6 +60,8 @@ def test_cache_is_reused_only_for_the_same_db_and_parameters(tmp_path):
     rebuilt = cached_neighbours(other, 8, path, recall_sample=100)[2]     # another db: built again
     assert rebuilt["db_sha1"] != info["db_sha1"]
     assert cached_neighbours(other, 8, path, recall_sample=100, ef_search=64)[2]["ef_search"] == 64
+    ivf = cached_neighbours(other, 8, path, recall_sample=100, method="ivf", nlist=8)[2]     # another method
+    assert ivf["method"] == "ivf" and ivf["nlist"] == 8 and ivf["build_seconds"] != info["build_seconds"]
 
 
 def test_methods_fed_the_graph_equal_their_own_exact_lists():

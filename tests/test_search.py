@@ -1,4 +1,6 @@
 """Tests for retrieval.search against plain numpy rankings."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,27 @@ def test_ivfpq_refuses_to_return_missing_results():
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     with pytest.raises(ValueError, match="fewer than k"):
         search(db[:3], db, k=600, index="ivfpq", nlist=16, m=4, nbits=4, nprobe=1)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivfpq"])
+def test_index_search_past_the_gpu_k_limit_falls_back_to_a_cpu_copy(index, monkeypatch):
+    """faiss GPU returns at most 2,048 neighbours: simulated on the CPU with a limit of 5, a larger k
+    is answered by a CPU copy of the index, equal to the index's own answer; k <= limit is not copied."""
+    import faiss
+
+    import retrieval.search as S
+
+    rng = np.random.default_rng(3)
+    db, q = normed(rng.normal(size=(600, 16))), normed(rng.normal(size=(7, 16)))
+    kw = dict(nlist=4, m=4, nbits=4) if index == "ivfpq" else {}
+    with pytest.warns(RuntimeWarning) if index == "ivfpq" else contextlib.nullcontext():
+        idx = S.faiss_index(db, index, gpu=False, **kw)
+    copies = []
+    monkeypatch.setattr(S, "_on_gpu", lambda ix: True)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda ix: copies.append(ix) or faiss.clone_index(ix), raising=False)
+    for k, copied in ((5, 0), (6, 1), (40, 2)):
+        s, i = S.index_search(idx, q, k, k_max=5)
+        s_ref, i_ref = idx.search(q, k)
+        np.testing.assert_array_equal(i, i_ref)
+        np.testing.assert_array_equal(s, s_ref)
+        assert len(copies) == copied

@@ -47,6 +47,7 @@ def test_auto_dispatches_by_work(monkeypatch):
     assert not calls
     assert S.faiss_faster(1000, 100_000, 512) and S.faiss_faster(70, 200_000, 2048)
     assert not S.faiss_faster(70, 1570, 1280) and not S.faiss_faster(70, 1_000_000, 512)
+    assert not S.faiss_faster(1000, 100_000, 512, k=1000)        # a heap of 1,000 per query: torch
     assert 70 * 1570 * 1280 < 5e8  # the demo's searches stay on the torch path
     monkeypatch.setattr(S, "faiss_faster", lambda *shape: True)
     r_auto, _ = S.exact_search(q, db, 10, device="cpu")
