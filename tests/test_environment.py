@@ -20,7 +20,9 @@ def _split(req: str) -> tuple[str, str]:
 
 def pip_requirements() -> dict:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = list(meta["dependencies"]) + [r for extra in meta["optional-dependencies"].values() for r in extra]
+    # the "gpu" extra is pip's route to faiss-gpu, which environment.yml names in place of faiss-cpu
+    reqs = list(meta["dependencies"]) + [r for name, extra in meta["optional-dependencies"].items()
+                                         if name != "gpu" for r in extra]
     return dict(_split(r) for r in reqs)
 
 
