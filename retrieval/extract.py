@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 
 from .datasets.images import prepare_image
 from .distributed import barrier, is_main, rank, world
-from .io import atomic_save_npy, atomic_write_json, load_features, save_features
+from .models.functional import max_over_scales
+from .models.pooling import MAX_OVER_SCALES
+from .io import atomic_save_npy, atomic_write_json, jsonable, load_features, read_json, save_features
 
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 #: the preprocessing rule recorded in every feature file's parameters (caches of another rule are not reused)
@@ -79,10 +81,15 @@ def describe(model: torch.nn.Module, x: torch.Tensor, scales: Sequence[float] = 
     """Descriptors (B, D) of a batch (B, 3, H, W) at several scales.
 
     Multi-scale as in Radenović et al. (TPAMI 2018): per-scale L2-normalised descriptors are
-    combined by the power mean with the GeM exponent p, (mean_s v_s^p)^(1/p), then L2-normalised.
+    combined by the power mean with the GeM exponent p, (mean_s v_s^p)^(1/p), then L2-normalised;
+    for SuperGlobal's poolings (``gemp``, ``rgem``) by the max over scales (Scale-GeM,
+    :func:`~retrieval.models.functional.max_over_scales`).
     """
     if not scales:
         raise ValueError("scales must not be empty")
+    if len(scales) > 1 and getattr(model, "meta", {}).get("pooling") in MAX_OVER_SCALES:
+        return max_over_scales([model(x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear",
+                                                                      align_corners=False)) for s in scales])
     p = _power(model)
     acc = None
     for s in scales:
@@ -230,14 +237,14 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
                   image_size=_size_param(image_size), scales=[float(s) for s in scales],
                   preprocess=preprocess_params(upscale), n_query=dataset.n_query, n_db=dataset.n_db,
                   **(extra or {}), **({"dtype": dtype} if dtype != "float32" else {}))
-    params = _jsonable(params)
+    params = jsonable(params)
     path = Path(path)
     if path.exists() and not overwrite:
         query, db, old = load_features(path)
         if old == params:
             return query, db, params
     partial = path.with_name(path.name + ".partial")
-    if is_main() and (overwrite or _read_json(partial / "params.json") != params):
+    if is_main() and (overwrite or read_json(partial / "params.json") != params):
         shutil.rmtree(partial, ignore_errors=True)
         atomic_write_json(partial / "params.json", params)
     barrier()
@@ -286,7 +293,7 @@ def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathL
     from .io import atomic_save_npz
 
     names = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
-    params = _jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
+    params = jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
                             image_size=_size_param(image_size), scales=[float(s) for s in scales],
                             preprocess=preprocess_params(upscale), n=len(paths), paths_sha1=names))
     path = Path(path)
@@ -332,24 +339,6 @@ def _load_shard(path: Path, n: int, dim: int | None = None) -> np.ndarray | None
         return None
     ok = vecs.ndim == 2 and vecs.shape[0] == n and vecs.dtype == np.float32 and (dim is None or vecs.shape[1] == dim)
     return vecs if ok else None
-
-
-def _read_json(path: Path):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from .config import PROFILE_ENV, check_parameters, resolve
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, read_json
 from .metrics import PROTOCOL_LABELS
 
 #: summary columns of each protocol's mAP (E/M/H; ``classic`` for the original Oxford5k/Paris6k)
@@ -127,13 +127,6 @@ def load_grid_file(path: str | os.PathLike) -> dict:
     return spec
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_grid(notebook: str | os.PathLike, grid: dict | list[dict], out: str | os.PathLike | None = None,
              parameters: dict | None = None, profile: str = "full", link: list | tuple = (),
              timeout: int | None = None, kernel: str = "python3", log=print) -> dict:
@@ -165,7 +158,7 @@ def run_grid(notebook: str | os.PathLike, grid: dict | list[dict], out: str | os
         for key, sub in (("run_dir", None), ("fig_dir", "figures")):
             if key in defaults and key not in params:
                 params[key] = str(folder / sub if sub else folder)
-        status = _read_json(folder / "status.json")
+        status = read_json(folder / "status.json")
         if status and status.get("state") == "done" and status.get("params") == params:
             log(f"[{i}/{len(combos)}] {name}: done before, skipped")
             skipped.append(name)
@@ -215,10 +208,10 @@ def collect(out: Path, names: list[str], combos: list[dict]) -> list[dict]:
     rows = []
     for name, combo in zip(names, combos):
         folder = out / name
-        status = _read_json(folder / "status.json") or {"state": "not run"}
+        status = read_json(folder / "status.json") or {"state": "not run"}
         base = {"combination": name, **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in combo.items()},
                 "status": status.get("state"), "seconds": status.get("seconds")}
-        metrics = _read_json(folder / "metrics.json") or {}
+        metrics = read_json(folder / "metrics.json") or {}
         found = False
         for dataset, methods in metrics.items():
             for method, res in methods.items():

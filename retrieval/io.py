@@ -88,6 +88,26 @@ def atomic_write_pickle(path, obj: Any) -> Path:
     return _atomic(path, lambda fh: pickle.dump(obj, fh, protocol=4))
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON at ``path``, or None when it is missing or not valid JSON (a state file to redo)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars as Python numbers, tuples as lists and keys as strings: what a
+    round trip through JSON gives back (parameters compared with a stored copy)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
 def atomic_save_npz(path, **arrays: np.ndarray) -> Path:
     return _atomic(path, lambda fh: np.savez(fh, **arrays))
 

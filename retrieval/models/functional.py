@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-6, dim: int = -1) -> torch.Tensor:
@@ -33,6 +34,36 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
     p = 1 gives SPoC (average), p → ∞ approaches MAC. (B, C).
     """
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+# --------------------------------------------------------------------------- SuperGlobal
+# Shao et al., "Global Features are All You Need for Image Retrieval and Reranking", ICCV 2023
+GEM_PLUS_P = 4.6        # GeM+: a fixed exponent, the network's learned p is ignored
+REGIONAL_P, REGIONAL_SIZE = 2.5, 5
+SCALE_GEM_SCALES = (1 / math.sqrt(2), 1.0, math.sqrt(2))
+
+
+def local_gem(x: torch.Tensor, p: float = REGIONAL_P, size: int = REGIONAL_SIZE) -> torch.Tensor:
+    """GeM over every ``size`` × ``size`` window, stride 1: (B, C, H, W) → (B, C, H, W),
+    (mean_window max(x, 0)^p)^(1/p), with reflection padding (size − 1)/2 as the released code. A map
+    too small to reflect (a side <= (size − 1)/2, where the released code fails) is padded by
+    replicating its border instead."""
+    pad = (size - 1) // 2
+    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+    y = F.pad(x.clamp(min=0).pow(p), (pad, pad, pad, pad), mode=mode)
+    return F.avg_pool2d(y, size, stride=1).pow(1.0 / p)
+
+
+def regional_gem(x: torch.Tensor, p: float = REGIONAL_P, size: int = REGIONAL_SIZE) -> torch.Tensor:
+    """Regional-GeM of SuperGlobal: the map blended half and half with its :func:`local_gem`,
+    F' = F/2 + LocalGeM(F)/2 (B, C, H, W); GeM+ pools it next."""
+    return 0.5 * x + 0.5 * local_gem(x, p, size)
+
+
+def max_over_scales(parts) -> torch.Tensor:
+    """Scale-GeM's combination: each scale's descriptor (B, D) L2-normalised, the elementwise max over
+    scales, L2-normalised again (the power mean over scales with p → ∞)."""
+    return l2n(torch.stack([l2n(v) for v in parts]).amax(0))
 
 
 # --------------------------------------------------------------------------- R-MAC

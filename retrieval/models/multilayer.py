@@ -184,3 +184,12 @@ def select_pooling(v, meta: dict, pooling: str):
     if isinstance(out, torch.Tensor):
         return l2n(out)
     return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(v.dtype, copy=False)
+
+
+def select_pooling_over_scales(parts, meta: dict, pooling: str):
+    """Scale-GeM (SuperGlobal, Shao et al. ICCV 2023) from single-scale :class:`MultiPoolNet`
+    extractions: ``parts``, one (N, k·C) array per scale; the ``pooling`` block of each, combined by
+    :func:`~retrieval.models.functional.max_over_scales`. Returns (N, C) float32."""
+    from .functional import max_over_scales
+
+    return max_over_scales([torch.as_tensor(select_pooling(v, meta, pooling)) for v in parts]).numpy()

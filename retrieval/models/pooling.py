@@ -39,6 +39,29 @@ class GeM(nn.Module):
         return f"p={self.p.item():.4f}, eps={self.eps}, learn_p={isinstance(self.p, nn.Parameter)}"
 
 
+class GeMPlus(GeM):
+    """GeM+ of SuperGlobal (Shao et al., ICCV 2023): GeM with the fixed p = 4.6."""
+
+    def __init__(self, p: float = LF.GEM_PLUS_P, eps: float = 1e-6):
+        super().__init__(p, eps, learn_p=False)
+
+
+class RegionalGeM(GeMPlus):
+    """Regional-GeM then GeM+ (SuperGlobal): the map blended with its 5 × 5 local GeM (p = 2.5,
+    :func:`~retrieval.models.functional.regional_gem`), then GeM with p = 4.6. (B, C, H, W) → (B, C)."""
+
+    def __init__(self, p: float = LF.GEM_PLUS_P, pr: float = LF.REGIONAL_P, size: int = LF.REGIONAL_SIZE,
+                 eps: float = 1e-6):
+        super().__init__(p, eps)
+        self.pr, self.size = float(pr), int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LF.gem(LF.regional_gem(x, self.pr, self.size), self.p, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pr={self.pr}, size={self.size}"
+
+
 class RMAC(nn.Module):
     """Regional MAC over the rigid ``L``-level grid of :func:`~retrieval.models.functional.rmac_regions`
     (Tolias et al., ICLR 2016): (B, C, H, W) → (B, C), L2-normalised. No parameters."""
@@ -65,12 +88,16 @@ class L2N(nn.Module):
         return LF.l2n(x, self.eps)
 
 
-POOLINGS = {"mac": MAC, "spoc": SPoC, "gem": GeM, "rmac": RMAC}
+POOLINGS = {"mac": MAC, "spoc": SPoC, "gem": GeM, "rmac": RMAC, "gemp": GeMPlus, "rgem": RegionalGeM}
+#: poolings whose multi-scale descriptors combine by the max over scales (SuperGlobal's Scale-GeM),
+#: not by the GeM power mean (Radenović et al.)
+MAX_OVER_SCALES = ("gemp", "rgem")
 
 
 def build_pooling(name: str, **kwargs) -> nn.Module:
     """Pooling module by name; ``kwargs`` go to GeM (p, eps, learn_p) and RMAC (L, eps) and are
-    ignored by the parameter-free MAC and SPoC."""
+    ignored by the parameter-free MAC and SPoC and by SuperGlobal's GeM+ (``gemp``) and Regional-GeM
+    (``rgem``), which keep the paper's exponents."""
     if name not in POOLINGS:
         raise ValueError(f"unknown pooling {name!r}; expected one of {sorted(POOLINGS)}")
     return POOLINGS[name](**kwargs) if name in ("gem", "rmac") else POOLINGS[name]()
