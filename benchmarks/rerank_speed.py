@@ -1,10 +1,11 @@
-"""Re-ranking cost per query: AQE, αQE, DBA, diffusion and CSA (batched and one query at a time) on
-the synthetic test set's descriptors, then with 1M random distractors added to its db. The baseline
-of each row is the first-stage exact search of the same run (the cost re-ranking adds on top of it).
+"""Re-ranking cost per query: AQE, αQE, DBA, diffusion, SuperGlobal and CSA (batched and one query at a time) on
+the synthetic test set's descriptors, then with 1M random distractors added to its db (drawn with the
+db's mean and covariance, ``_common.fitted_vectors``). The baseline of each row is the first-stage exact
+search of the same run (the cost re-ranking adds on top of it).
 
-DBA and diffusion need the k-NN list of every db item (offline, O(n_db² D) exactly): at 1M this is
-measured on a sample of db rows and extrapolated, not run, both exactly and by HNSW
-(:mod:`retrieval.rerank.graph`, with its recall).
+DBA and diffusion need the k-NN list of every db item (offline, O(n_db² D) exactly): here at 1M it is
+measured on a sample of db rows and extrapolated, exactly and by HNSW (:mod:`retrieval.rerank.graph`,
+with its recall); ``benchmarks/rerank_r1m.py`` builds the whole graph and runs them.
 
     python benchmarks/rerank_speed.py [--quick] [--out FILE]
 """
@@ -18,7 +19,7 @@ from _common import fitted_vectors, fmt_s, load_synthetic, machine, machine_line
 
 from retrieval.models.csa import build_csa
 from retrieval.rerank import (aqe, alpha_qe, approximate_neighbours, csa_rerank, csa_rerank_loop, db_neighbours, dba,
-                              diffusion, neighbour_recall)
+                              diffusion, neighbour_recall, superglobal_rerank, superglobal_rerank_loop)
 from retrieval.search import exact_search
 
 GRAPH_SAMPLE = 10_000   # db rows on which the approximate k-NN graph (HNSW) is built at the 1M scale
@@ -80,6 +81,9 @@ def main(argv=None) -> dict:
                 offline[f"{what}: k-NN graph of the db (estimated)"] = est
             offline[f"HNSW k-NN graph (k={DIFF_K}, M=32) of {len(sub):,} db rows, recall {rec:.3f}"] = t_h
             per["DBA (k=2): search the augmented db (= a first-stage search)"] = t_first
+        per["SuperGlobal (M=400, K=9) batched (16 q/batch)"] = timed(lambda: superglobal_rerank(query, db, ranks),
+                                                                    1 if big else 3)[0]
+        per["SuperGlobal one query at a time"] = timed(lambda: superglobal_rerank_loop(query, db, ranks))[0]
         per["CSA batched (64 q/batch)"] = timed(lambda: csa_rerank(csa, query, db, ranks, K=CSA_K, L=CSA_L,
                                                                    batch=CSA_BATCH))[0]
         per["CSA one query at a time"] = timed(lambda: csa_rerank_loop(csa, query, db, ranks, K=CSA_K, L=CSA_L))[0]
@@ -93,10 +97,13 @@ def main(argv=None) -> dict:
             print(f"    {what:<58} {fmt_s(t):>9} once (offline)")
             table.append([f"{label} ({n:,} db): {what}", f"{fmt_s(t) if t < 3600 else f'{t / 3600:.1f} h'} once"])
         ratio = per["CSA one query at a time"] / per["CSA batched (64 q/batch)"]
-        print(f"    CSA batched vs one at a time: {ratio:.2f}x")
+        sg = per["SuperGlobal one query at a time"] / per["SuperGlobal (M=400, K=9) batched (16 q/batch)"]
+        print(f"    CSA batched vs one at a time: {ratio:.2f}x; SuperGlobal: {sg:.2f}x")
         table.append([f"{label}: CSA batched vs one query at a time", f"**{ratio:.2f}x**"])
+        table.append([f"{label}: SuperGlobal batched vs one query at a time", f"**{sg:.2f}x**"])
         rows.append(dict(case=label, n_db=n, queries=nq, seconds=per, offline_seconds=offline,
                          ms_per_query={k: 1e3 * v / nq for k, v in per.items()}, csa_batched_over_loop=ratio,
+                         superglobal_batched_over_loop=sg,
                          knn_ms_per_db_row=per_row * 1e3))
         del db
     res = dict(benchmark="rerank_speed", machine=m, quick=args.quick, features=source, rows=rows,

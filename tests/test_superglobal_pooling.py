@@ -86,3 +86,27 @@ def test_multipool_extraction_serves_the_superglobal_rows():
         fmap = net.features(x)
     torch.testing.assert_close(select_pooling(v, multi.meta, "gemp"), LF.l2n(LF.gem(fmap, 4.6)))
     torch.testing.assert_close(select_pooling(v, multi.meta, "rgem"), LF.l2n(LF.gem(LF.regional_gem(fmap), 4.6)))
+
+
+def test_relu_plus_on_resnet_stages_1_to_3_for_superglobal_only(tmp_path):
+    from retrieval.models import load_model, save_model
+    from retrieval.models.global_net import ReLUPlus
+
+    torch.manual_seed(0)
+    net = build_global_net("resnet18", "rgem").eval()
+    kinds = {i: {type(b.relu).__name__ for b in net.features[i]} for i in (4, 5, 6, 7)}
+    assert kinds == {4: {"ReLUPlus"}, 5: {"ReLUPlus"}, 6: {"ReLUPlus"}, 7: {"ReLU"}}
+    assert net.meta["relu_plus"] == 0.014
+    x = torch.rand(1, 3, 64, 64) - 0.5
+    with torch.no_grad():                       # it changes the output: the floor is not ReLU's 0
+        plain = build_global_net("resnet18", "rgem", relu_plus=None).eval()
+        plain.load_state_dict(net.state_dict())
+        assert not torch.allclose(net(x), plain(x))
+        assert torch.equal(ReLUPlus()(torch.tensor([-1.0, 0.0, 0.5])), torch.tensor([0.014, 0.014, 0.5]))
+        again = load_model(save_model(net, tmp_path / "sg.pth")).eval()      # rebuilt with its ReLU+
+        torch.testing.assert_close(again(x), net(x), rtol=0, atol=0)
+    for backbone, pooling in (("resnet18", "gem"), ("efficientnet_lite0", "rgem")):   # off: not SuperGlobal / not ResNet
+        other = build_global_net(backbone, pooling)
+        assert "relu_plus" not in other.meta and not any(isinstance(m, ReLUPlus) for m in other.modules())
+    with pytest.raises(ValueError, match="ResNet backbones only"):
+        build_global_net("efficientnet_lite0", "rgem", relu_plus=0.014)

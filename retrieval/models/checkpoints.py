@@ -144,7 +144,8 @@ def load_checkpoint_dict(ckpt: Mapping, name: str | None = None) -> GlobalNet:
         what += " with whitening"
     p = float(sd["pool.p"].reshape(-1)[0]) if pooling == "gem" and "pool.p" in sd else 3.0
 
-    net = build_global_net(arch, pooling, p=p, learn_p=True, whitening=whitening, weights=None)
+    net = build_global_net(arch, pooling, p=p, learn_p=True, whitening=whitening, weights=None,
+                           relu_plus=meta.get("relu_plus"))
     expected = net.state_dict()
     for k in expected:  # old files: no BatchNorm batch counter
         if k.endswith(".num_batches_tracked") and k not in sd and k[:-19] + "running_mean" in sd:
@@ -202,6 +203,8 @@ def cirtorch_meta(net: GlobalNet) -> dict:
         meta["weights"] = m["weights"]
     if m.get("name") is not None:
         meta["name"] = m["name"]
+    if m.get("relu_plus") is not None:  # SuperGlobal's ReLU+ (the network is rebuilt with it)
+        meta["relu_plus"] = float(m["relu_plus"])
     return meta
 
 

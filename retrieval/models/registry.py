@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..catalog import PUBLISHED
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, jsonable
 from .checkpoints import (check_state_dict, cirtorch_meta, load_checkpoint_dict, load_published, read_checkpoint,
                           strip_module_prefix, unwrap_state_dict)
 from .csa import CSA, build_csa, load_published_state_dict
@@ -42,14 +42,6 @@ from .query_net import QueryNet, build_query_net
 from .token import Token, build_token, load_token_state_dict
 
 KINDS = ("global", "query", "token", "csa", "projection")
-
-
-def _jsonable(v):
-    if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
 
 
 def model_kind(model: nn.Module) -> str | None:
@@ -74,7 +66,7 @@ def model_meta(model: nn.Module) -> dict | None:
     if kind == "global":
         return dict(cirtorch_meta(model), kind=kind)
     if kind in ("query", "token"):
-        return dict(_jsonable(dict(model.meta)), kind=kind)
+        return dict(jsonable(dict(model.meta)), kind=kind)
     if kind == "csa":
         blk = model.blocks[0] if len(model.blocks) else None
         return dict(kind=kind, L=model.L, dim=model.dim, depth=len(model.blocks),
