@@ -13,7 +13,7 @@ export IPYTHONDIR := $(CURDIR)/.jupyter/ipython
 export MPLCONFIGDIR := $(CURDIR)/.jupyter/matplotlib
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env data demo test test-fast lab clean bench
+.PHONY: env env-gpu data demo test test-fast lab clean bench gpu-check
 
 env: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+env-gpu: env  ## the environment with faiss-gpu (CUDA) in place of faiss-cpu (both install the module `faiss`)
+	$(PY) -m pip install --quiet -e '.[test,gpu]'
+	$(PY) -m pip uninstall --quiet -y faiss-cpu
+	$(PY) -m pip install --quiet --force-reinstall --no-deps 'faiss-gpu>=1.15'
 
 data: env  ## generate the embedded synthetic benchmark (default preset) under data/
 	$(PY) -m retrieval.datasets generate --preset default
@@ -40,6 +45,9 @@ test-fast: env  ## make test without the slow tests (torchrun, browser, whole de
 
 bench: env  ## every benchmark in benchmarks/ (JSON in benchmarks/results/, figures in benchmarks/README.md)
 	$(PY) benchmarks/run_all.py
+
+gpu-check: env  ## every CUDA path in one run (AMP, torchrun, extraction, search, CSA; CPU fallbacks without CUDA), JSON in benchmarks/results/
+	$(PY) benchmarks/gpu_check.py
 
 lab: env  ## JupyterLab on the environment
 	$(PY) -m jupyter lab notebooks

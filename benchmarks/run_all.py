@@ -25,6 +25,7 @@ ORDER = ["eval_speed", "search_speed", "rerank_speed", "extract_speed", "csa_inf
 # not in `make bench` (run with --only NAME or on their own): why
 SEPARATE = {"index_memory": "index sizes for the README's scale note; faiss PQ/IVF training takes ~6 min per "
                             "dimension on 2 cores (python benchmarks/index_memory.py)",
+            "gpu_check": "the CUDA paths' check (make gpu-check; CPU fallbacks without CUDA), not a speed benchmark",
             "rerank_r1m": "DBA and diffusion on the 1M-distractor db's approximate k-NN graph; the graph takes "
                           "minutes to tens of minutes on 2 cores (python benchmarks/rerank_r1m.py)"}
 # extra arguments of a full run (sizes that keep `make bench` within ~15 minutes on 2 cores)

@@ -197,13 +197,14 @@ def _loader(ds, cfg: TrainConfig, epoch: int, device: torch.device, collate_fn) 
                       generator=gen, worker_init_fn=_worker_init if cfg.num_workers else None)
 
 
-def _to(batch, device: torch.device):
+def to_device(batch, device: torch.device):
+    """``batch`` (a tensor, or dicts / lists / tuples / named tuples of them) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        out = [_to(v, device) for v in batch]
+        out = [to_device(v, device) for v in batch]
         return type(batch)(*out) if hasattr(batch, "_fields") else type(batch)(out)
     return batch
 
@@ -345,7 +346,7 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task=None)
         n, lr = 0, optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main_proc, leave=True)
         for i, batch in enumerate(bar):
-            batch = _to(batch, device)
+            batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = loss_fn(net, batch)
             if loss.ndim != 0:
