@@ -77,3 +77,26 @@ def test_methods_fed_the_graph_equal_their_own_exact_lists():
     np.testing.assert_array_equal(a[0], b[0])
     with pytest.raises(ValueError, match="neighbours: expected"):
         dba(db, k=2, neighbours=(lists[0][:10], lists[1][:10]))
+
+
+def test_benchmark_distractors_keep_the_db_spectrum():
+    """The R1M benchmarks' distractors (``benchmarks/_common.fitted_vectors``): unit vectors whose
+    direction statistics follow the db's (its leading principal direction), unlike isotropic noise."""
+    import importlib.util
+
+    from retrieval.config import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "_common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    db = _clustered(2000, 32, seed=3)
+    x = common.fitted_vectors(20000, db, seed=0)
+    assert x.shape == (20000, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(x, common.fitted_vectors(20000, db, seed=0))          # seeded
+    lead = np.linalg.svd(db - db.mean(0), full_matrices=False)[2][0]
+    var = lambda v: np.var((v - v.mean(0)) @ lead)                                      # noqa: E731
+    iso = np.random.default_rng(0).standard_normal((20000, 32))
+    iso /= np.linalg.norm(iso, axis=1, keepdims=True)
+    assert var(x) > 0.8 * var(db) and var(x) > 2 * var(iso)                             # iso: 1/32
+    np.testing.assert_allclose(x.mean(0), db.mean(0), atol=0.1)
