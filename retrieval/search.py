@@ -146,7 +146,7 @@ def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m
     product quantisation, ``m`` sub-quantisers of ``nbits``; Jégou et al. TPAMI 2011) or ``ivfpq``
     (IVF with ``nlist`` cells + PQ of the residuals). ``train`` (n, D): the vectors the quantisers
     are trained on (default ``db``). GPU when faiss was built with it and a GPU is present
-    (``gpu=None``; ``pip install -e '.[gpu]'``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ
+    (``gpu=None``; ``make env-gpu``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ
     index). With several GPUs, every GPU holds the index (faiss ``IndexReplicas``: queries split
     across GPUs) or, with ``shard=True``, a slice of the db (``IndexShards``: a db too large for one)."""
     import faiss
