@@ -382,6 +382,23 @@ def test_tables_of_classic_results():
 
 
 # --------------------------------------------------------------------------- input errors
+@pytest.mark.parametrize("where", ["first row", "past the first block", "last entry"])
+def test_negative_id_anywhere_in_long_ranks_is_refused(where):
+    """compute_map checks negative ids on its candidate entries only (no separate pass over ranks): a
+    negative id far below the labelled ids, in any block, must still be refused, by classic_ap too."""
+    rng = np.random.default_rng(0)
+    nq, n = 3, 400_000                                   # several blocks; labelled ids < 10
+    ranks = np.stack([rng.permutation(n) for _ in range(nq)], axis=1)
+    gnd = [{"ok": [1, 2], "junk": [3]}] * nq
+    assert np.isfinite(compute_map(ranks, gnd)[0])
+    r, c = {"first row": (0, 1), "past the first block": (300_000, 2), "last entry": (n - 1, nq - 1)}[where]
+    ranks[r, c] = -5
+    with pytest.raises(ValueError, match="negative"):
+        compute_map(ranks, gnd)
+    with pytest.raises(ValueError, match="negative"):
+        classic_ap(ranks, [{"good": [1], "ok": [2], "junk": [3]}] * nq)
+
+
 def test_errors():
     ranks = np.array([[0, 1], [1, 0]])
     with pytest.raises(ValueError, match="ranks"):
