@@ -31,7 +31,7 @@ import resource, sys, time
 sys.path.insert(0, {here!r})
 import retrieval
 from extract_speed import BATCH, bare, load
-model, _, tensors = load({n})
+model, _, _, tensors = load({n})
 bare(model, tensors[:2 * BATCH], (1.0,))
 f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 bare(model, tensors, (1.0,))
@@ -41,13 +41,14 @@ print(retrieval.MALLOC_TUNED, dt, f1 - f0)
 
 
 def load(n_img: int):
-    """ResNet-18 + GeM (random weights: same cost), the first ``n_img`` synthetic db paths, their tensors."""
+    """ResNet-18 + GeM (random weights: same cost), the first ``n_img`` synthetic db paths, their
+    ImageList and its tensors."""
     ds = get_test("synth", "default", root=ROOT / "data", progress=False)   # generated if missing (~25 s)
     paths = ds.db_paths()[:n_img]
     torch.manual_seed(0)
     model = build_global_net("resnet18", "gem").eval()
     items = ImageList(paths, IMAGE_SIZE, mean=model.meta["mean"], std=model.meta["std"])
-    return model, paths, [items[i] for i in range(len(items))]
+    return model, paths, items, [items[i] for i in range(len(items))]
 
 
 def allocator_probe(n_img: int, rounds: int = 2) -> dict:
@@ -90,8 +91,7 @@ def main(argv=None) -> dict:
     n_img = 24 if args.quick else 64
     m = machine()
     skipped, rows, table = [], [], []
-    model, paths, tensors = load(n_img)
-    items = ImageList(paths, IMAGE_SIZE, mean=model.meta["mean"], std=model.meta["std"])
+    model, paths, items, tensors = load(n_img)
     shapes = sorted({tuple(t.shape[1:]) for t in tensors})
     print(f"Extraction, ResNet-18 + GeM, {n_img} images of synth-default at {IMAGE_SIZE} px (tensors {shapes}), "
           f"batch {BATCH}, on {machine_line(m)}")

@@ -90,7 +90,8 @@ def check_parameters(values: dict, defaults: dict, where: str = "notebook") -> N
 MALLOC_ENV = "RETRIEVAL_MALLOC"
 # glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-MALLOC_SETTINGS = dict(mmap_threshold=32 << 20, trim_threshold=2047 << 20, top_pad=512 << 20)   # bytes
+# bytes; mallopt takes a C int, so each stays below 2 GiB
+MALLOC_SETTINGS = dict(mmap_threshold=32 << 20, trim_threshold=2047 << 20, top_pad=512 << 20)
 
 
 def tune_malloc() -> bool:
@@ -101,10 +102,10 @@ def tune_malloc() -> bool:
     mmap threshold is a fresh ``mmap`` whose pages the kernel faults in and zeroes on first touch, and
     frees beyond the trim threshold shrink the heap so the next batch faults again. A CNN forward at the
     demo's sizes then spends as much time in page faults as in arithmetic (EfficientNet-Lite0, 16 × 240 px:
-    ~1.5M minor faults per 8 batches; 1.8-1.9× faster at 240 and 339 px with these settings on a 2-core Xeon, identical
-    outputs: the allocator does not change any arithmetic). Blocks above 32 MB (glibc's ceiling for the
-    threshold) are mapped when the heap cannot hold them and unmapped when freed; the heap returns free
-    memory at its top to the kernel beyond 2 GB (mallopt takes an int; the price: up to ~2.5 GB of freed memory a process may keep).
+    ~1.5M minor faults per 8 batches; with these settings 1.8-1.9× faster at 240 and 339 px on a 2-core
+    Xeon, identical outputs: the allocator changes no arithmetic). Blocks above 32 MB (glibc's ceiling for
+    the threshold) are mapped when the heap cannot hold them and unmapped when freed; the heap hands free
+    memory at its top back beyond ~2 GB, so a process may keep up to ~2.5 GB of freed memory.
     The same fix as preloading jemalloc / tcmalloc, without a system library. Skipped when
     ``$RETRIEVAL_MALLOC`` is ``default``, a glibc ``MALLOC_*`` / ``GLIBC_TUNABLES`` variable is set, or an
     allocator is preloaded."""
@@ -121,7 +122,6 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):                # not glibc (musl, macOS)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    assert all(0 < v < 2 ** 31 for v in MALLOC_SETTINGS.values())
     ok = [mallopt(_M_MMAP_THRESHOLD, MALLOC_SETTINGS["mmap_threshold"]),
           mallopt(_M_TRIM_THRESHOLD, MALLOC_SETTINGS["trim_threshold"]),
           mallopt(_M_TOP_PAD, MALLOC_SETTINGS["top_pad"])]

@@ -54,17 +54,15 @@ def _ids(values, name: str) -> np.ndarray:
 NEGATIVE_RANKS = "ranks contains negative db indices"
 
 
-def _check_ranks(ranks, nq: int, negatives: bool = True) -> np.ndarray:
-    """``ranks`` as a 2-D integer array of ``nq`` columns; ``negatives=False`` leaves the check for
-    negative ids to the caller (:func:`_core` makes it on its candidates, sparing a pass over ranks)."""
+def _check_ranks(ranks, nq: int) -> np.ndarray:
+    """``ranks`` as a 2-D integer array of ``nq`` columns. Negative ids are refused by :func:`_core`,
+    on its candidate entries (sparing a pass over ranks)."""
     ranks = np.asarray(ranks)
     if ranks.ndim != 2 or ranks.dtype.kind not in "iu":
         raise ValueError(f"ranks must be a 2-D integer array (n_ranked, n_queries), "
                          f"got shape {ranks.shape} dtype {ranks.dtype}")
     if ranks.shape[1] != nq:
         raise ValueError(f"ranks has {ranks.shape[1]} columns but gnd has {nq} queries")
-    if negatives and ranks.size and ranks.min() < 0:
-        raise ValueError(NEGATIVE_RANKS)
     return ranks
 
 
@@ -167,7 +165,7 @@ def compute_map(ranks, gnd, kappas=(1, 5, 10)):
     kappas = _check_kappas(kappas)
     if not isinstance(gnd, Sequence):
         raise ValueError("gnd must be a list of dicts")
-    ranks = _check_ranks(ranks, len(gnd), negatives=False)   # _core checks them
+    ranks = _check_ranks(ranks, len(gnd))
     for i, e in enumerate(gnd):
         if not isinstance(e, Mapping) or "ok" not in e:
             raise ValueError(f"gnd[{i}] must be a dict with key 'ok'")
@@ -367,7 +365,7 @@ def classic_ap(ranks, gnd):
     """
     if not isinstance(gnd, Sequence):
         raise ValueError("gnd must be a list of dicts")
-    ranks = _check_ranks(ranks, len(gnd), negatives=False)   # _core checks them
+    ranks = _check_ranks(ranks, len(gnd))
     oks, junks, nres = [], [], []
     for i, e in enumerate(gnd):
         pos = np.unique(np.concatenate([_ids(e.get("good"), f"gnd[{i}]['good']"),

@@ -25,11 +25,16 @@ print(retrieval.MALLOC_TUNED, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 """
 
 
-def _probe(**env) -> tuple[bool, int]:
+def _run(code: str, **env) -> str:
+    """stdout of ``python -c code`` without the caller's allocator settings, plus ``env``."""
     e = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
     e.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=e, capture_output=True, text=True,
-                         check=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _probe(**env) -> tuple[bool, int]:
+    out = _run(PROBE, **env).split()
     return out[0] == "True", int(out[1])
 
 
@@ -54,10 +59,5 @@ def test_allocator_does_not_change_results():
             "torch.manual_seed(0); net = build_global_net('efficientnet_lite0', 'gem', weights=None).eval();"
             "x = torch.randn(4, 3, 96, 96);"
             "print(hashlib.sha1(net(x).detach().numpy().tobytes()).hexdigest())")
-    outs = set()
-    for env in ({}, {"RETRIEVAL_MALLOC": "default"}):
-        e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        e.update(env)
-        outs.add(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True,
-                                check=True).stdout.strip())
+    outs = {_run(code).strip(), _run(code, RETRIEVAL_MALLOC="default").strip()}
     assert len(outs) == 1
