@@ -38,16 +38,35 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else is checked and returned."""
+    """The device to run on, always with its index when it is a GPU: ``auto`` → this process's CUDA
+    device when CUDA is available, else ``cpu``; ``cuda`` → ``cuda:N`` with N = ``LOCAL_RANK`` under
+    torchrun, else the current CUDA device; ``cuda:N`` and ``cpu`` are checked and returned.
+    (``torch.cuda.set_device`` and DDP's ``device_ids`` reject a CUDA device without an index.)"""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not isinstance(device, str) or not device.startswith("cuda"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
-    return device
+    n = torch.cuda.device_count()
+    if device == "cuda":
+        local = os.environ.get("LOCAL_RANK")
+        index = int(local) if local is not None else torch.cuda.current_device()
+        if index >= n:
+            raise ValueError(f"LOCAL_RANK={local} but this machine has {n} CUDA device(s): start at most {n} "
+                             "processes per node (torchrun --nproc_per_node)")
+    else:
+        head, _, tail = device.partition(":")
+        if head != "cuda" or not tail.isdigit():
+            raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        index = int(tail)
+        if index >= n:
+            raise ValueError(f"device={device!r} but this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    return f"cuda:{index}"
 
 
 def seed_everything(seed: int) -> None:

@@ -48,9 +48,10 @@ def init_distributed(device: str = "auto") -> bool:
     caller then owns ``destroy_process_group``)."""
     if is_distributed() or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
-    cuda = resolve_device(device).startswith("cuda")
+    dev = resolve_device(device)                           # cuda:LOCAL_RANK on a GPU
+    cuda = dev.startswith("cuda")
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(torch.device(dev))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
 

@@ -367,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-size", type=int, default=2048)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     args = ap.parse_args(argv)
-    device = resolve_device(args.device)
-    if init_distributed(device) and device.startswith("cuda"):
-        device = f"cuda:{torch.cuda.current_device()}"      # this rank's GPU (LOCAL_RANK)
+    device = resolve_device(args.device)                   # this rank's GPU (LOCAL_RANK) under torchrun
+    init_distributed(device)
     layout = RunLayout(args.run_dir, "extract")
     net = layout.load_network(args.network) if args.network else \
         build_global_net(args.backbone, args.pooling, weights=args.weights).eval()

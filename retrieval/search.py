@@ -13,11 +13,13 @@ similarity u; α = 3, τ = 0), idf off.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 import torch
 
+from .config import resolve_device
 from .io import check_features
 
 INDEXES = ("exact", "flat", "pq", "ivfpq")
@@ -46,6 +48,16 @@ def _chunk_topk(s: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 BACKENDS = ("auto", "torch", "faiss")
+
+
+@functools.lru_cache(maxsize=1)
+def _has_faiss() -> bool:
+    """Whether the faiss package imports (it is optional for exact search: torch answers without it)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def faiss_faster(n_q: int, n_db: int, dim: int, k: int = 100) -> bool:
@@ -100,6 +112,10 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
     ``"auto"``: faiss on the CPU for a top-k (k < n_db) of a shape where it was measured faster
     (:func:`faiss_faster`), torch otherwise.
 
+    ``db`` may also be a float32 / float16 torch tensor, e.g. uploaded to the GPU once for many
+    searches: its chunks are then views (no host-to-device copy per call; ``device`` defaults to the
+    tensor's). ``faiss`` needs a numpy db; ``auto`` keeps torch when the faiss package is missing.
+
     ``check_finite``: refuse (ValueError) a query or db holding NaN or Inf, as scipy.linalg's option
     of that name. The torch path checks each db chunk's sum next to its matmul; the faiss path needs
     one extra read of the db (~1/5 of a 70-query search at 2,048-d), which a caller whose db was
@@ -109,18 +125,26 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
     query = np.asarray(query, np.float32)
-    half = getattr(db, "dtype", None) == np.float16  # stored in half precision: converted chunk by chunk
-    db = np.asarray(db, np.float16 if half else np.float32)
+    tensor_db = isinstance(db, torch.Tensor)
+    if tensor_db:
+        if db.dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"search: a tensor db must be float32 or float16, got {db.dtype}")
+        half = db.dtype == torch.float16
+    else:
+        half = getattr(db, "dtype", None) == np.float16  # stored in half precision: converted chunk by chunk
+        db = np.asarray(db, np.float16 if half else np.float32)
     check_features(query, db, name="search", finite=("query",) if check_finite else ())
     n_db = db.shape[0]
     k = n_db if k is None else int(k)
     if not 1 <= k <= n_db:
         raise ValueError(f"k must be in [1, n_db={n_db}], got {k}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if backend == "faiss" or (backend == "auto" and device == "cpu" and k < n_db and not half
-                              and faiss_faster(query.shape[0], n_db, db.shape[1], k)):
+    device = resolve_device(device or (str(db.device) if tensor_db else "auto"))
+    if backend == "faiss" or (backend == "auto" and device == "cpu" and k < n_db and not half and not tensor_db
+                              and faiss_faster(query.shape[0], n_db, db.shape[1], k) and _has_faiss()):
         if not device.startswith("cpu"):
             raise ValueError(f"backend='faiss' searches on the CPU; device={device!r}")
+        if tensor_db:
+            raise ValueError("backend='faiss' needs a numpy db, got a torch tensor")
         check_features(query, db, name="search", finite=("db",) if check_finite else ())
         ids, scores = _faiss_topk(query, np.asarray(db, np.float32), k)
         return ids.T.astype(np.int64), scores.T.astype(np.float32)
@@ -129,9 +153,10 @@ def exact_search(query: np.ndarray, db: np.ndarray, k: int | None = None, chunk_
     best_s = torch.empty((q.shape[0], 0), device=device)
     best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=device)
     for start in range(0, n_db, chunk_size):
-        d = torch.from_numpy(db[start:start + chunk_size]).to(device).float()
+        d = db[start:start + chunk_size] if tensor_db else torch.from_numpy(db[start:start + chunk_size])
+        d = d.to(device).float()                                 # no copy for a float32 db on the device
         if check_finite and not bool(torch.isfinite(d.sum())):   # NaN / Inf in the chunk (or an overflowing sum)
-            check_features(query, db[start:start + chunk_size], name="search", finite=("db",))
+            check_features(query, d.cpu().numpy(), name="search", finite=("db",))
         s, i = _chunk_topk(q @ d.T, min(k, d.shape[0]))
         s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i + start], 1)
         s, i = _stable_order(s, i)

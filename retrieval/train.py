@@ -237,10 +237,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    dev = resolve_device(cfg.device)
-    if is_distributed() and dev == "cuda":
-        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return torch.device(dev)
+    """This process's device, with its index on CUDA (LOCAL_RANK's GPU under torchrun)."""
+    return torch.device(resolve_device(cfg.device))
 
 
 def fit(model: nn.Module, data: Dataset | Callable[[int], Dataset], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
