@@ -34,7 +34,7 @@ data: env  ## generate the embedded synthetic benchmark (default preset) under d
 	$(PY) -m retrieval.datasets generate --preset default
 
 demo: data  ## run every notebook in order into runs/demo/, figures into figures/, print the summary
-	$(PY) -m retrieval.runs demo --run-dir runs/demo --fig-dir figures
+	$(PY) -m retrieval.run demo --run-dir runs/demo --fig-dir figures
 
 test: env  ## unit tests + every notebook through nbval in the smoke profile
 	RETRIEVAL_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax \

@@ -14,7 +14,6 @@ error), written atomically; :func:`load_anchors` takes a name or a path.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_save_npz
+from .io import load_arrays, save_arrays
+from .search import exact_search, search
 
 MIN_POINTS_PER_CENTROID = 39  # faiss's own threshold for its "please provide more points" warning
 
@@ -175,7 +175,6 @@ def search_recall(query: np.ndarray, db: np.ndarray, k: int = 10, index: str = "
     """Recall@k (:func:`recall_at_k`) of a faiss ``index`` ("pq" or "ivfpq", :func:`retrieval.search.faiss_index`
     keyword arguments: ``m``, ``nbits``, ``nlist``, ``nprobe``, ``train``, ``seed``, ``gpu``) against
     exact search of the same ``query`` (n_q, D) in the same ``db`` (n_db, D)."""
-    from .search import exact_search, search
 
     exact, _ = exact_search(query, db, k)
     ranks, _ = search(query, db, k, index=index, **kwargs)
@@ -246,20 +245,15 @@ class Anchors:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``centroids`` and ``params`` (JSON) to an .npz, atomically."""
-        return atomic_save_npz(path, centroids=self.centroids,
-                               params=np.array(json.dumps(self.params, sort_keys=True)))
+        return save_arrays(path, self.params, centroids=self.centroids)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Anchors":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"anchor file not found: {path}")
+        arrays, params = load_arrays(path, ("centroids",), what="anchor file")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                centroids, params = z["centroids"], json.loads(str(z["params"]))
-        except (KeyError, ValueError, OSError) as e:
-            raise ValueError(f"{path}: not an anchor file with 'centroids' and 'params' ({e})") from e
-        return cls(centroids, params)
+            return cls(arrays["centroids"], params)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid anchors ({e})") from e
 
 
 def anchors_name(network: str, M: int, nbits: int) -> str:
@@ -269,7 +263,7 @@ def anchors_name(network: str, M: int, nbits: int) -> str:
 
 def anchors_path(dataset: str, name: str, root: str | os.PathLike) -> Path:
     """``<root>/anchors/<dataset>/<name>.npz``; ``root``: the run folder of the gallery network whose
-    descriptors made them (:meth:`retrieval.layout.RunLayout.anchors`)."""
+    descriptors made them (:meth:`retrieval.run.layout.RunLayout.anchors`)."""
     return Path(root) / "anchors" / dataset / f"{name}.npz"
 
 

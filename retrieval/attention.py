@@ -8,9 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .extract import ImageList
+
 
 def _images(model, paths: Sequence, image_size: int):
-    from .extract import ImageList
 
     return ImageList(list(paths), image_size, mean=model.meta["mean"], std=model.meta["std"])
 

@@ -3,7 +3,7 @@
 ``browse("runs/demo")`` in a JupyterLab cell shows two methods' top-k lists for one query side by
 side, framed green / red / grey (positive / negative / junk under the chosen protocol), with rank,
 similarity and the AP of each list; a click on a result's caption shows it larger with its rank in
-both lists. It reads what :func:`retrieval.runs.record_ranks` wrote (``<run_dir>/ranks/``), so it
+both lists. It reads what :func:`retrieval.run.store.record_ranks` wrote (``<run_dir>/ranks/``), so it
 opens any run folder, including those executed by papermill.
 """
 
@@ -17,8 +17,9 @@ import numpy as np
 
 from .config import data_dir
 from .metrics import ALL_PROTOCOLS
-from .runs import list_ranks, load_ranks
+from .run.store import list_ranks, load_ranks
 from .viz import RESULT_COLOURS, result_labels, short_names, thumbnail
+from .datasets import load_revisited
 
 
 def framed_png(path: str | os.PathLike, colour: str, size: int = 160, border: int = 5, bbx=None) -> bytes:
@@ -74,7 +75,7 @@ class ResultBrowser:
         self.available = list_ranks(run_dir)
         if not self.available:
             raise FileNotFoundError(f"{self.run_dir}/ranks: no ranked lists recorded (run 03_rerank, or "
-                                    "retrieval.runs.record_ranks, into this run folder first)")
+                                    "retrieval.run.store.record_ranks, into this run folder first)")
         if protocol is not None and protocol not in ALL_PROTOCOLS:
             raise ValueError(f"protocol={protocol!r}: expected one of {ALL_PROTOCOLS}")
         dataset = dataset or next(iter(self.available))
@@ -116,7 +117,6 @@ class ResultBrowser:
     # ------------------------------------------------------------------ data
     def test_dataset(self, name: str):
         """The :class:`~retrieval.datasets.RevisitedDataset` of ``name`` (images and gnd), cached."""
-        from .datasets import load_revisited
 
         if name not in self._datasets:
             root = self._data_root or self.run(name, self.available[name][0])["data_root"] or data_dir()
@@ -124,7 +124,7 @@ class ResultBrowser:
         return self._datasets[name]
 
     def run(self, dataset: str, method: str) -> dict:
-        """:func:`~retrieval.runs.load_ranks` of (dataset, method), cached."""
+        """:func:`~retrieval.run.store.load_ranks` of (dataset, method), cached."""
         if (dataset, method) not in self._runs:
             self._runs[dataset, method] = load_ranks(self.run_dir, dataset, method)
         return self._runs[dataset, method]

@@ -1,4 +1,6 @@
-"""Atomic writes (temp file in the same folder + rename) and feature files.
+"""One helper per mechanism: atomic writes (temp file in the same folder + rename), arrays saved with
+the JSON record that describes them (:func:`save_arrays` / :func:`load_arrays`), content fingerprints
+(:func:`fingerprint`), and feature files.
 
 A crash or a full disk never leaves a file that looks complete: readers see the old file or the new
 one, nothing in between.
@@ -6,12 +8,14 @@ one, nothing in between.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -60,8 +64,6 @@ def _os_error(e: BaseException) -> OSError | None:
 
 def file_hash(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """Hex digest (``sha256``, ``md5``, any ``hashlib`` name) of a file, read in chunks."""
-    import hashlib
-
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -74,6 +76,12 @@ def atomic_write(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     On failure the previous file is untouched and the temp file removed; a disk error raised under
     another exception (as ``torch.save`` does) is re-raised as the OSError, naming ``path``."""
     return _atomic(path, write, mode)
+
+
+def atomic_copy(src, dst) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (readers of ``dst`` see the old file or the whole copy)."""
+    with open(src, "rb") as fin:
+        return _atomic(dst, lambda fh: shutil.copyfileobj(fin, fh))
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -116,6 +124,55 @@ def atomic_save_npy(path, array: np.ndarray) -> Path:
     return _atomic(path, lambda fh: np.save(fh, array))
 
 
+def save_arrays(path, record: dict, key: str = "params", **arrays: np.ndarray) -> Path:
+    """``arrays`` and the JSON ``record`` that describes them (how they were made) in one ``.npz``,
+    atomically; the record is a JSON string (sorted keys) under ``key``. Read back by :func:`load_arrays`."""
+    if key in arrays:
+        raise ValueError(f"{path}: an array may not be named {key!r} (the record's key)")
+    return atomic_save_npz(path, **arrays, **{key: np.array(json.dumps(record, sort_keys=True))})
+
+
+def load_arrays(path, names: Sequence[str], key: str = "params", what: str = "file") -> tuple[dict, dict]:
+    """``({name: array}, record)`` of a :func:`save_arrays` file (no pickles). FileNotFoundError when it
+    is missing; ValueError naming the file (``what`` it should have been) when it is unreadable or lacks
+    one of ``names`` or the record."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in (*names, key) if k not in z.files]
+            if missing:
+                raise ValueError(f"missing {missing}, has {sorted(z.files)}")
+            return {k: z[k] for k in names}, json.loads(str(z[key]))
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise ValueError(f"{path}: not {article} {what} with {list(names)} and {key!r} ({e})") from e
+
+
+def fingerprint(*parts: Any, block_rows: int = 1 << 16) -> str:
+    """SHA-1 hex digest of ``parts`` in order: the content fingerprint of caches and training records.
+    bytes as they are, str as UTF-8, numpy arrays and torch tensors by their bytes in C order (large
+    arrays in row blocks, no full copy), anything else as sorted JSON (:func:`jsonable`). Hashing parts
+    one after the other equals hashing their concatenation."""
+    h = hashlib.sha1()
+    for part in parts:
+        if hasattr(part, "detach"):                      # a torch tensor
+            part = part.detach().cpu().contiguous().numpy()
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            h.update(part)
+        elif isinstance(part, str):
+            h.update(part.encode())
+        elif isinstance(part, np.ndarray):
+            if part.ndim == 0:
+                h.update(part.tobytes())
+            for r0 in range(0, part.shape[0] if part.ndim else 0, block_rows):
+                h.update(np.ascontiguousarray(part[r0:r0 + block_rows]).tobytes())
+        else:
+            h.update(json.dumps(jsonable(part), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 FEATURE_DTYPES = ("float32", "float16")
 
 
@@ -128,19 +185,13 @@ def save_features(path, query: np.ndarray, db: np.ndarray, params: dict, dtype: 
         raise ValueError(f"dtype={dtype!r}: expected one of {FEATURE_DTYPES}")
     query, db = np.asarray(query, np.float32), np.asarray(db, dtype)
     check_features(query, db, name=str(path))
-    return atomic_save_npz(path, query=query, db=db, params=np.array(json.dumps(params, sort_keys=True)))
+    return save_arrays(path, params, query=query, db=db)
 
 
 def load_features(path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load ``(query, db, params)`` written by :func:`save_features`, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            query, db, params = z["query"], z["db"], json.loads(str(z["params"]))
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a feature file with 'query', 'db' and 'params' ({e})") from e
+    arrays, params = load_arrays(path, ("query", "db"), what="feature file")
+    query, db = arrays["query"], arrays["db"]
     check_features(query, db, name=str(path))
     return query, db, params
 

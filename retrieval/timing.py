@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from .extract import extract_vectors
+
 
 def ms_per_item(fn: Callable[[Sequence], object], items: Sequence, warmup: int = 0) -> float:
     """Milliseconds per item of one call ``fn(items)``, after an untimed ``fn(items[:warmup])``
@@ -23,7 +25,6 @@ def extraction_ms(model, paths: Sequence, image_size: int, bbxs: Sequence | None
                   scales: Sequence[float] = (1.0,), device: str = "cpu", warmup: int = 0) -> float:
     """Milliseconds per image of extracting ``model``'s descriptors one image at a time (batch 1, as
     a query arrives), images ``paths`` (cropped to ``bbxs`` when given) at ``image_size``."""
-    from .extract import extract_vectors
 
     if bbxs is not None and len(bbxs) != len(paths):
         raise ValueError(f"bbxs: {len(bbxs)} boxes for {len(paths)} images")

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .datasets.images import load_image, resize_longer
+from .io import atomic_write
+from .metrics import protocol_gnd
 
 LABEL_COLOURS = {"query": "#ff8c00", "easy": "#2ca02c", "hard": "#1f77b4", "junk": "#7f7f7f",
                  "negative": "#d62728"}
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Save ``fig`` as PNG atomically (:func:`~retrieval.io.atomic_write`)."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight",
+                                                     metadata={"Software": None}))
 
 
 def _frame(ax, colour: str, width: float = 4.0) -> None:
@@ -44,8 +37,6 @@ def show_examples(dataset, query: int = 0, per_label: int = 3, seed: int = 0):
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from .datasets.images import load_image
 
     queries = [query] if np.isscalar(query) else list(query)
     rng = np.random.default_rng(seed)
@@ -240,7 +231,6 @@ RESULT_COLOURS = {"positive": "#2ca02c", "negative": "#d62728", "junk": "#7f7f7f
 def thumbnail(path: str, size: int = 160) -> np.ndarray:
     """The image at ``path`` resized so its longer side is ``size`` px, (H, W, 3) uint8; read once
     per (path, size) and cached for the process (grids and the browser redraw often)."""
-    from .datasets.images import load_image, resize_longer
 
     if size < 8:
         raise ValueError(f"thumbnail size must be >= 8 px, got {size}")
@@ -252,7 +242,6 @@ def thumbnail(path: str, size: int = 160) -> np.ndarray:
 def result_labels(gnd_entry: dict, ids, protocol: str = "medium") -> list[str]:
     """``positive`` / ``junk`` / ``negative`` of db ``ids`` for one query under ``protocol``
     (revisited rules: Easy counts hard as junk, Hard counts easy as junk)."""
-    from .metrics import protocol_gnd
 
     g = protocol_gnd([gnd_entry], protocol)[0]
     ok, junk = set(g["ok"].tolist()), set(g["junk"].tolist())
@@ -368,7 +357,7 @@ def plot_topk_pairs(dataset, a: dict, b: dict, picks, k: int = 10, protocol: str
                     thumb: int = 160, title: str = ""):
     """Paired rows for two methods on the same queries (the CSA paper's qualitative figure): for each
     pick, the row of method ``a`` above the row of ``b``, each starting with the query and that
-    method's AP under ``protocol``. ``a``, ``b``: :func:`retrieval.runs.load_ranks` dicts;
+    method's AP under ``protocol``. ``a``, ``b``: :func:`retrieval.run.store.load_ranks` dicts;
     ``picks``: query ids or ``(query, reason)`` pairs (:func:`pick_queries`)."""
     picks = [(int(p), "") if np.isscalar(p) else (int(p[0]), str(p[1])) for p in picks]
     fig, axes = _grid_axes(2 * len(picks), k, _aspect(dataset, [q for q, _ in picks]), pair_gap=True)

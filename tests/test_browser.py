@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from retrieval.datasets import get_test
-from retrieval.runs import record_ranks
+from retrieval.run import record_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from retrieval.config import resolve_device
-from retrieval.train import TrainConfig, _device, fit
+from retrieval.train import TrainConfig, fit
+from retrieval.train.loop import _device
 
 
 def _data(n=32):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from retrieval.config import ROOT
-from retrieval.extract import main as extract_main
+from retrieval.extract.__main__ import main as extract_main
 from retrieval.io import load_features
-from retrieval.layout import RunLayout
+from retrieval.run import RunLayout
 from retrieval.models import build_global_net, save_model
 
 ARGS = ["--network", "gem-resnet18", "--dataset", "synth", "--preset", "tiny", "--image-size", "64",
@@ -21,7 +21,7 @@ ARGS = ["--network", "gem-resnet18", "--dataset", "synth", "--preset", "tiny", "
 
 
 def _run_with_network(run, net):
-    save_model(net, RunLayout(run).checkpoint("gem-resnet18"))
+    save_model(net, RunLayout(run).trained_network("gem-resnet18"))
     return RunLayout(run).features("synth-tiny", net.name, 64)      # the file is named by the network's name
 
 

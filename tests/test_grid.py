@@ -1,4 +1,4 @@
-"""The papermill grid runner (`python -m retrieval.runs grid`): one folder per combination, skips
+"""The papermill grid runner (`python -m retrieval.run sweep`): one folder per combination, skips
 finished ones, goes on after a failed one, collects one table; parameters checked up front."""
 
 import csv
@@ -7,9 +7,9 @@ import json
 import nbformat
 import pytest
 
-from retrieval import grid as G
+from retrieval.run import sweep as G
 from retrieval.config import check_parameters
-from retrieval.runs import main
+from retrieval.run.__main__ import main
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def toy(tmp_path):
     params = nbformat.v4.new_code_cell('x = 1\nscale = 0.5\nfail = False\nname = "a"\nrun_dir = "."')
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
-        "from retrieval.runs import record_metrics\n"
+        "from retrieval.run import record_metrics\n"
         "if fail:\n    raise RuntimeError(f'boom at x={x}')\n"
         "v = scale * x / 10\n"
         "record_metrics(run_dir, 'toy', f'm-{name}', {p: {'map': v, 'mp@1': v} for p in ('easy', 'medium', 'hard')})")
@@ -104,7 +104,7 @@ def test_grid_helpers():
 
 def test_network_file_and_train_name(tmp_path):
     from retrieval import datasets
-    from retrieval.layout import RunLayout
+    from retrieval.run import RunLayout
 
     layout = RunLayout(tmp_path)
     assert layout.network_file("gl18-tl-resnet101-gem-w").name == "gl18-tl-resnet101-gem-w-a4d43db.pth"

@@ -4,7 +4,7 @@ diffusion fed a graph computed once give what they compute themselves."""
 import numpy as np
 import pytest
 
-from retrieval.layout import RunLayout
+from retrieval.run import RunLayout
 from retrieval.rerank import (approximate_neighbours, cached_neighbours, db_neighbours, dba, diffusion,
                               neighbour_recall, rerank_dba)
 

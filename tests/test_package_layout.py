@@ -1,5 +1,7 @@
-"""The package's layout rules: every module imports, module-level imports among ``retrieval.*``
-form no cycle, no module imports another's private names, and no file is long without saying why."""
+"""The package's layout rules: every module imports; imports among ``retrieval.*`` (module-level, inside
+functions, and modules named to ``importlib``) form no cycle; no function hides an import of a
+``retrieval`` module (lazy imports are for optional third-party packages only); no module imports
+another's private names; and no file is long without saying why."""
 
 from __future__ import annotations
 
@@ -83,12 +85,45 @@ def _imported_modules(module: str, path: Path, node) -> set[str]:
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the ``retrieval`` modules its module-level imports load."""
+def _all_imports(tree: ast.Module):
+    """Every import statement that can run: module level (as :func:`_module_level_imports`) and inside
+    functions and classes, but not under ``if TYPE_CHECKING:`` / ``if __name__ == "__main__":``."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and _skipped_block(node):
+            continue
+        else:
+            todo[:0] = list(ast.iter_child_nodes(node))
+
+
+def _importlib_names(tree: ast.Module) -> set[str]:
+    """``retrieval`` modules named by a string constant to ``import_module`` / ``__import__``."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                "import_module", "__import__"):
+            for arg in node.args[:1]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("retrieval"):
+                    out.add(arg.value)
+    return out
+
+
+def import_graph(everywhere: bool = False) -> dict[str, set[str]]:
+    """Module → the ``retrieval`` modules its module-level imports load (``everywhere``: also those imported
+    inside functions and named to ``importlib``)."""
     graph = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        graph[module] = set().union(*(_imported_modules(module, path, n) for n in _module_level_imports(tree)))
+        nodes = _all_imports(tree) if everywhere else _module_level_imports(tree)
+        graph[module] = set().union(*(_imported_modules(module, path, n) for n in nodes))
+        if everywhere:
+            for name in _importlib_names(tree):
+                parts = name.split(".")
+                graph[module] |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)
+                                  if ".".join(parts[:i]) in MODULES} - {module}
     return graph
 
 
@@ -131,6 +166,34 @@ def test_no_import_cycle_among_module_level_imports():
     assert graph["retrieval.tasks.base"] >= {"retrieval.train", "retrieval.datasets", "retrieval.datasets.tuples"}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle among retrieval modules (module-level imports): " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_counting_imports_inside_functions_and_importlib_names():
+    graph = import_graph(everywhere=True)
+    assert graph["retrieval.train.__main__"] >= {"retrieval.tasks", "retrieval.train.loop"}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle among retrieval modules (counting imports in functions): " + " -> ".join(cycle)
+
+
+def test_the_graph_sees_imports_in_functions_and_importlib_strings(tmp_path):
+    tree = ast.parse("import importlib\n"
+                     "def f():\n    from .search import exact_search\n"
+                     "def g():\n    return importlib.import_module('retrieval.tasks')\n")
+    assert [n.module for n in _all_imports(tree) if isinstance(n, ast.ImportFrom)] == ["search"]
+    assert _importlib_names(tree) == {"retrieval.tasks"}
+
+
+def test_no_function_hides_an_import_of_a_retrieval_module():
+    """Lazy imports keep optional third-party packages (faiss, papermill, matplotlib, ...) off the import
+    path; an import of the package's own module inside a function only hides a dependency (or a cycle)."""
+    bad = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        top = set(map(id, _module_level_imports(tree)))
+        for node in _all_imports(tree):
+            if id(node) not in top and _imported_modules(module, path, node):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not bad, "imports of retrieval modules inside functions (move them to the top):\n" + "\n".join(bad)
 
 
 def test_no_private_names_imported_from_other_modules():

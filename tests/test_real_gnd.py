@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from test_metrics import ref_classic_ap_one, ref_compute_map  # loop ports of revisitop / compute_ap.cpp
 
-from retrieval import datasets, grid, runs
+import retrieval.run.store as store
+from retrieval import datasets
 from retrieval.datasets import get_test, load_revisited, validate_gnd
 from retrieval.metrics import (CLASSIC, PROTOCOLS, classic_ap, compute_map, evaluate, format_map_table,
                                format_table, gnd_protocols, protocol_gnd)
+from retrieval.run import sweep as grid
 
 REAL_GND = Path(__file__).parent / "data" / "real_gnd"
 SIZES = {"roxford5k": (4993, 70), "rparis6k": (6322, 70), "oxford5k": (5063, 55), "paris6k": (6392, 55)}
@@ -139,19 +141,19 @@ def test_classic_results_through_tables_runs_and_grid(real_root, tmp_path):
     assert header.split() == ["method", "E", "M", "H", "classic"]
 
     run_dir = tmp_path / "run"
-    runs.record_metrics(run_dir, ds.name, "gem", res)
-    runs.record_metrics(run_dir, rev.name, "gem", res_rev)
-    metrics = runs.load_metrics(run_dir)
+    store.record_metrics(run_dir, ds.name, "gem", res)
+    store.record_metrics(run_dir, rev.name, "gem", res_rev)
+    metrics = store.load_metrics(run_dir)
     assert set(metrics["oxford5k"]["gem"]) == {CLASSIC} and set(metrics["roxford5k"]["gem"]) == set(PROTOCOLS)
-    lines = runs.summary_table(metrics).splitlines()
+    lines = store.summary_table(metrics).splitlines()
     assert lines[0].split()[-4:] == ["E", "M", "H", "classic"]
     assert lines[1].split()[2:] == ["-", "-", "-", f"{100 * res[CLASSIC]['map']:.2f}"]
     assert lines[2].split()[-1] == "-"
     with pytest.raises(ValueError, match="lack protocols"):
-        runs.record_metrics(run_dir, "x", "m", {"medium": res[CLASSIC]})
+        store.record_metrics(run_dir, "x", "m", {"medium": res[CLASSIC]})
 
-    runs.record_ranks(run_dir, ds.name, "gem", ranks, ds.gnd, keep=20, data_root=real_root)
-    saved = runs.load_ranks(run_dir, ds.name, "gem")
+    store.record_ranks(run_dir, ds.name, "gem", ranks, ds.gnd, keep=20, data_root=real_root)
+    saved = store.load_ranks(run_dir, ds.name, "gem")
     assert list(saved["ap"]) == [CLASSIC]
     np.testing.assert_allclose(saved["ap"][CLASSIC], compute_map(ranks, protocol_gnd(ds.gnd, CLASSIC))[1], rtol=1e-6)
 

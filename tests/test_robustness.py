@@ -19,6 +19,7 @@ from torch import nn
 
 import retrieval.extract as rx
 import retrieval.train as rt
+from retrieval.train.__main__ import main as train_cli
 from retrieval.config import ROOT
 from retrieval.datasets import get_test, load_image, load_revisited, validate_gnd
 from retrieval.extract import extract_dataset, extract_vectors
@@ -546,7 +547,7 @@ def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     sys.path.insert(0, str(tmp_path))
     try:
         torch.set_num_threads(1)
-        assert rt.main(["--task", "toy_kill_task:task", "--config", str(_cfg(tmp_path, tmp_path / "ref"))]) == 0
+        assert train_cli(["--task", "toy_kill_task:task", "--config", str(_cfg(tmp_path, tmp_path / "ref"))]) == 0
     finally:
         torch.set_num_threads(threads)
         sys.path.remove(str(tmp_path))

@@ -17,7 +17,7 @@ from retrieval import viz  # noqa: E402
 from retrieval.browse import ResultBrowser, framed_png, pick_methods  # noqa: E402
 from retrieval.datasets import get_test  # noqa: E402
 from retrieval.metrics import compute_map, protocol_gnd  # noqa: E402
-from retrieval.runs import list_ranks, load_ranks, ranks_path, record_ranks  # noqa: E402
+from retrieval.run import list_ranks, load_ranks, ranks_path, record_ranks  # noqa: E402
 
 
 def oracle_ranks(gnd, n_db):

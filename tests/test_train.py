@@ -14,7 +14,9 @@ from torch import nn
 
 import retrieval.train as rt
 from retrieval.config import ROOT
+from retrieval.distributed import is_distributed
 from retrieval.train import TrainConfig, fit
+from retrieval.train.__main__ import main as train_cli
 
 TASK_MODULE = "toy_train_task"
 # Importable by the pytest process and by torchrun's workers (written into a temp dir).
@@ -61,14 +63,16 @@ TASK_SOURCE = textwrap.dedent('''
         out = Path(config["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         if config.get("log_writes"):  # record which rank calls save_checkpoint
-            original = rt.save_checkpoint
+            import retrieval.train.loop as loop   # fit's module: where it looks the writer up
+
+            original = loop.save_checkpoint
 
             def logged(path, state):
                 with open(out / f"writes_rank{rt.rank()}.log", "a") as fh:
                     fh.write(Path(path).name + "\\n")
                 return original(path, state)
 
-            rt.save_checkpoint = logged
+            loop.save_checkpoint = logged
             shards = {
                 "map": rt.sharded_map(lambda i: [rt.rank(), i * i], range(5)),
                 "extract": rt.sharded_extract(
@@ -339,7 +343,7 @@ def test_ddp_two_processes_match_one_process_with_double_batch(toy, tmp_path):
     for d, b in ((one_dir, 16), (half_dir, 8)):
         p = tmp_path / f"{d.name}.json"
         p.write_text(json.dumps({**common, "batch_size": b, "out_dir": str(d)}))
-        assert rt.main(["--task", f"{TASK_MODULE}:task", "--config", str(p)]) == 0
+        assert train_cli(["--task", f"{TASK_MODULE}:task", "--config", str(p)]) == 0
     one = rt.load_checkpoint(one_dir / "checkpoint.pt")
     half = rt.load_checkpoint(half_dir / "checkpoint.pt")
     assert [r["step"] for r in one["history"]] == [r["step"] for r in hist]
@@ -360,7 +364,7 @@ def test_ddp_two_processes_match_one_process_with_double_batch(toy, tmp_path):
 
 
 def test_sharded_helpers_without_distributed():
-    assert not rt.is_distributed() and rt.world() == 1 and rt.is_main()
+    assert not is_distributed() and rt.world() == 1 and rt.is_main()
     assert rt.sharded_map(lambda x: x + 1, [3, 1, 2]) == [4, 2, 3]
     out = rt.sharded_extract(lambda ps: torch.tensor([[float(len(p))] for p in ps]), ["ab", "c"])
     assert out.tolist() == [[2.0], [1.0]]

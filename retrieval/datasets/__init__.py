@@ -10,6 +10,8 @@ from .images import crop_bbx, load_image, resize_longer
 from .revisited import RevisitedDataset, load_revisited, validate_gnd
 from .synthetic import PRESETS, dataset_name, generate
 from .tuples import TupleMiner, TuplesDataset, cid2filename, load_sfm
+from ..config import data_dir
+from .distractors import add_distractors, check_spec, r1m_paths
 
 #: revisited Oxford/Paris (Radenović et al., CVPR 2018): Easy/Medium/Hard protocols
 REVISITED_TEST = ("roxford5k", "rparis6k")
@@ -38,8 +40,6 @@ def get_test(dataset: str = "synth", preset: str = "default", root: str | os.Pat
     parts 1..N, downloaded with ``python -m retrieval.datasets download revisitop1m``) to the
     database; the dataset is then named ``<name>+<distractors>``.
     """
-    from ..config import data_dir
-    from .distractors import add_distractors, check_spec, r1m_paths
 
     check_spec(distractors)
     root = Path(root) if root is not None else data_dir()

@@ -7,6 +7,7 @@ import sys
 
 from . import generate
 from .download import GROUPS, RESOURCES
+from .download import DownloadError, download, verify
 
 
 def listing() -> str:
@@ -51,8 +52,6 @@ def main(argv=None) -> int:
         for split, path in paths.items():
             print(f"{split}: {path}")
         return 0
-
-    from .download import DownloadError, download, verify
 
     if args.cmd == "download" and (args.list or not args.names):
         print(listing())

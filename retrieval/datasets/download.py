@@ -38,9 +38,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..catalog import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
+from ..config import data_dir
 from ..io import atomic_write_json, file_hash
+from ..models.checkpoints import load_caffe_features, load_published
+from ..models.global_net import build_global_net
 from .fetch import (ChecksumError, ChecksumRegistry, DownloadError, IncompleteDownload, check_hash, extract_archive, fetch,
                     fetch_md5, mirrored)
+from .revisited import load_revisited
+from .tuples import load_sfm
+
 
 # --------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
@@ -106,7 +113,6 @@ def _test_set(name: str, archives: list[str], folder: str, description: str) -> 
 
 
 def _build() -> dict[str, Resource]:
-    from ..catalog import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
 
     res = [
         # sources: cnnimageretrieval-pytorch cirtorch/utils/download.py (download_test, download_train),
@@ -228,7 +234,6 @@ def download(name: str, root: str | os.PathLike | None = None, parts=None, mirro
     official URLs (a local copy; the tests' server). Finished files and unpacked archives are
     skipped on a rerun; interrupted transfers resume.
     """
-    from ..config import data_dir
 
     if name in GROUPS:
         return [p for n in GROUPS[name] for p in download(n, root, parts, mirror, keep_archives, progress,
@@ -337,7 +342,6 @@ def _verify_placed(f: RemoteFile, dest: Path, registry: ChecksumRegistry, res: R
 def verify(name: str, root: str | os.PathLike | None = None) -> dict[str, str]:
     """Check every file of ``name`` already on disk against its known checksum (recording it when
     none is known yet); returns ``{path: sha256}``. Archives are checked through their markers."""
-    from ..config import data_dir
 
     res = resource(name)
     root = Path(root) if root is not None else data_dir()
@@ -364,7 +368,6 @@ def verify(name: str, root: str | os.PathLike | None = None) -> dict[str, str]:
 
 def _check_layout(res: Resource, root: Path) -> None:
     if res.check == "revisited":
-        from .revisited import load_revisited
 
         ds = load_revisited(root, res.name)
         paths = ds.query_paths() + ds.db_paths()
@@ -373,7 +376,6 @@ def _check_layout(res: Resource, root: Path) -> None:
             raise DownloadError(f"{res.name}: {len(missing)} of {len(paths)} images listed in "
                                 f"gnd_{res.name}.pkl are missing, e.g. {missing[0]}")
     elif res.check == "sfm":
-        from .tuples import load_sfm
 
         db = load_sfm(root, res.name)
         paths = [p for split in db.values() for p in split["paths"]]
@@ -382,12 +384,9 @@ def _check_layout(res: Resource, root: Path) -> None:
             raise DownloadError(f"{res.name}: {len(missing)} of {len(paths)} training images are missing, "
                                 f"e.g. {missing[0]}")
     elif res.check == "network":
-        from ..models.checkpoints import load_published
 
         load_published(res.name, path=root / res.files[0].dest)
     elif res.check == "caffe":
-        from ..models.checkpoints import load_caffe_features
-        from ..models.global_net import build_global_net
 
         load_caffe_features(build_global_net(res.name[len("imagenet-caffe-"):], weights=None),
                             path=root / res.files[0].dest)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json
 from .synthetic import asset, seed_ints
+from ..config import data_dir
 
 FORMAT_VERSION = 1
 #: scikit-image sample photos used as origins (all ship with the package; no download)
@@ -191,7 +192,6 @@ def generate_frames(root: str | os.PathLike | None = None, progress: bool = True
     """Generate (or find) the same-origin frames set; returns its folder. ``config``: the fields of
     :class:`FramesConfig`. A complete set whose ``frames.json`` matches is returned as is; an
     interrupted one keeps the images already written."""
-    from ..config import data_dir
 
     unknown = set(config) - set(FramesConfig.__dataclass_fields__)
     if unknown:

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_pickle
 from .tuples import cid2filename
+from ..config import data_dir
 
 FORMAT_VERSION = 1
 MURAL_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -658,7 +659,6 @@ def generate(preset: str = "default", root: str | os.PathLike | None = None, dif
     ``name = dataset_name(preset, difficulty, seed)``. Resumes an interrupted generation; a complete
     dataset (its ``manifest.json`` matches the configuration) is returned as is.
     """
-    from ..config import data_dir
 
     cfg = make_config(preset, difficulty, seed)
     name = dataset_name(preset, difficulty, seed)

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..io import file_hash
+
 # name -> (torchvision constructor name, output channels)
 BACKBONES = {
     "resnet18": ("resnet18", 512),
@@ -170,7 +172,6 @@ def load_lite_weights(net: nn.Module, name: str, path: str | os.PathLike | None 
     place): read with ``weights_only=True`` (never the package's own ``torch.load``), sha256 checked
     against the prefix in the file name, keys renamed by :func:`_lite_key_map` and loaded strictly
     (every key, every shape)."""
-    from ..io import file_hash
 
     path = Path(path) if path is not None else lite_weights_path(name)
     if not path.is_file():

@@ -16,6 +16,7 @@ from torch import nn
 from .backbones import trunk_blocks
 from .functional import l2n
 from .pooling import build_pooling
+from .functional import max_over_scales
 
 #: ResNet stage names → index in the ``features`` Sequential of :func:`build_backbone`
 #: (conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4)
@@ -190,6 +191,5 @@ def select_pooling_over_scales(parts, meta: dict, pooling: str):
     """Scale-GeM (SuperGlobal, Shao et al. ICCV 2023) from single-scale :class:`MultiPoolNet`
     extractions: ``parts``, one (N, k·C) array per scale; the ``pooling`` block of each, combined by
     :func:`~retrieval.models.functional.max_over_scales`. Returns (N, C) float32."""
-    from .functional import max_over_scales
 
     return max_over_scales([torch.as_tensor(select_pooling(v, meta, pooling)) for v in parts]).numpy()

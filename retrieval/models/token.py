@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import losses
 from .backbones import build_backbone, normalisation, trunk_blocks
 from .checkpoints import check_state_dict, unwrap_state_dict
 from .csa import DropPath, Mlp
@@ -207,8 +208,6 @@ class MarginHead(nn.Module):
         self.scale, self.margin, self.kind = float(scale), float(margin), kind
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from .. import losses
-
         return getattr(losses, f"{self.kind}_logits")(embeddings, self.weight, labels, self.scale, self.margin)
 
     def extra_repr(self) -> str:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,9 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import atomic_save_npz
+from ..io import load_arrays, save_arrays
 
-_KEYS = ("mean", "P", "kind", "meta")
 
 
 @dataclass(eq=False)
@@ -99,24 +97,16 @@ class Whitening:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``mean``, ``P``, ``kind`` and ``meta`` (JSON) to an .npz file, atomically."""
-        return atomic_save_npz(path, mean=self.mean, P=self.P, kind=np.array(self.kind),
-                               meta=np.array(json.dumps(self.meta, sort_keys=True)))
+        return save_arrays(path, self.meta, key="meta", mean=self.mean, P=self.P, kind=np.array(self.kind))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Whitening":
         """Read a file written by :meth:`save`; FileNotFoundError / ValueError with the path."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"whitening file not found: {path}")
+        arrays, meta = load_arrays(path, ("mean", "P", "kind"), key="meta", what="whitening file")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in _KEYS if k not in z.files]
-                if missing:
-                    raise ValueError(f"missing keys {missing} (has {sorted(z.files)})")
-                mean, P, kind, meta = z["mean"], z["P"], str(z["kind"]), json.loads(str(z["meta"]))
-            return cls(mean, P, kind, meta)
-        except (ValueError, KeyError, OSError) as e:
-            raise ValueError(f"{path}: not a whitening file with keys {list(_KEYS)} ({e})") from e
+            return cls(arrays["mean"], arrays["P"], str(arrays["kind"]), meta)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a valid whitening ({e})") from e
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:

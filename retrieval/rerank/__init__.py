@@ -28,6 +28,7 @@ from .diffusion import conjugate_gradient, diffusion, reciprocal_knn_graph
 from .graph import approximate_neighbours, cached_neighbours, neighbour_recall
 from .qe import aqe, alpha_qe, dba, qe_vectors, rerank_dba
 from .superglobal import SUPERGLOBAL_DEFAULTS, superglobal_rerank, superglobal_rerank_loop
+from ..search import exact_search
 
 __all__ = ["METHODS", "db_neighbours", "first_ranks", "qe_vectors", "aqe", "alpha_qe", "dba", "rerank_dba",
            "reciprocal_knn_graph", "conjugate_gradient", "diffusion", "rerank", "affinity_features", "csa_rerank",
@@ -64,7 +65,6 @@ def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alp
     if method == "diffusion":
         return diffusion(query, db, k=diffusion_k, truncate=truncate, top=top, **kwargs)
     if method == "superglobal":
-        from ..search import exact_search
 
         n_db = np.asarray(db).shape[0]
         m = min(int(superglobal_m), n_db)

@@ -9,15 +9,14 @@ Exact lists (:func:`~retrieval.rerank.db_neighbours`) cost O(n_db² D): hours at
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_save_npz
+from ..io import fingerprint, load_arrays, save_arrays
 from .base import checked_db, checked_int, db_neighbours
+from ..search import exact_search
 
 # per method, the parameters that define a graph (and key its cache); None: chosen from n_db
 GRAPH_DEFAULTS = {"hnsw": dict(M=32, ef_construction=80, ef_search=128),
@@ -27,10 +26,7 @@ GRAPH_DEFAULTS = {"hnsw": dict(M=32, ef_construction=80, ef_search=128),
 
 def db_fingerprint(db: np.ndarray, block: int = 1 << 16) -> str:
     """SHA-1 of the db's shape and bytes, in row blocks (no full copy): the identity of a cached graph."""
-    h = hashlib.sha1(f"{db.shape}{db.dtype}".encode())
-    for r0 in range(0, db.shape[0], block):
-        h.update(np.ascontiguousarray(db[r0:r0 + block]).tobytes())
-    return h.hexdigest()
+    return fingerprint(f"{db.shape}{db.dtype}", db, block_rows=block)
 
 
 def _graph_index(db: np.ndarray, k: int, method: str, params: dict):
@@ -96,7 +92,6 @@ def approximate_neighbours(db: np.ndarray, k: int, method: str = "hnsw", row_chu
 def neighbour_recall(db: np.ndarray, nbr: np.ndarray, sample: int = 1000, seed: int = 0) -> float:
     """Mean fraction of the exact k nearest other items found in ``nbr`` (n_db, k), over ``sample``
     random db rows (exact search of those rows against the whole db)."""
-    from ..search import exact_search
 
     n, k = nbr.shape
     rows = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
@@ -111,7 +106,7 @@ def neighbour_recall(db: np.ndarray, nbr: np.ndarray, sample: int = 1000, seed: 
 def cached_neighbours(db: np.ndarray, k: int, path: str | os.PathLike, recall_sample: int = 1000,
                       method: str = "hnsw", **params) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`approximate_neighbours` stored at ``path`` (.npz, e.g. :meth:`RunLayout.graph
-    <retrieval.layout.RunLayout.graph>`) with its parameters, the db's fingerprint, the build time
+    <retrieval.run.layout.RunLayout.graph>`) with its parameters, the db's fingerprint, the build time
     and the recall measured on ``recall_sample`` rows; a stored graph is reused only when all of them
     match (a graph with more neighbours serves a smaller k: its first k columns). Returns
     ``(nbr, sim, info)``."""
@@ -123,14 +118,13 @@ def cached_neighbours(db: np.ndarray, k: int, path: str | os.PathLike, recall_sa
     key = dict(params, method=method, n=int(db.shape[0]), dim=int(db.shape[1]), db_sha1=db_fingerprint(db))
     path = Path(path)
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            info = json.loads(str(z["info"]))
-            if {x: info.get(x) for x in key} == key and info["k"] >= k:
-                return z["nbr"][:, :k], z["sim"][:, :k], info
+        arrays, info = load_arrays(path, ("nbr", "sim"), key="info", what="k-NN graph file")
+        if {x: info.get(x) for x in key} == key and info["k"] >= k:
+            return arrays["nbr"][:, :k], arrays["sim"][:, :k], info
     t = time.perf_counter()
     nbr, sim = approximate_neighbours(db, k, method, **params)
     seconds = time.perf_counter() - t
     recall = neighbour_recall(db, nbr, recall_sample) if recall_sample else None
     info = dict(key, k=int(k), build_seconds=seconds, recall=recall, recall_sample=recall_sample)
-    atomic_save_npz(path, nbr=nbr, sim=sim, info=np.array(json.dumps(info)))
+    save_arrays(path, info, key="info", nbr=nbr, sim=sim)
     return nbr, sim, info

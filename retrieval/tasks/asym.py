@@ -4,7 +4,6 @@ feature-regression baselines)."""
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from ..datasets.training import ImageGroups
 from ..datasets.tuples import TupleMiner
 from ..distributed import init_distributed, sharded_extract
 from ..extract import extract_vectors, model_fingerprint
-from ..io import load_vectors
+from ..io import fingerprint, load_vectors
 from ..losses import get_loss
 from ..models import build_query_net, init_projection, load_model, pooled
 from ..train import TrainConfig, fit
@@ -223,10 +222,10 @@ def train_asym(config: dict):
     cfg = asym_config(**config)
     seed_everything(cfg["seed"])
     model, data, loss_fn = asym_distill(cfg)
-    h = hashlib.sha1(np.ascontiguousarray(load_vectors(cfg["gallery_features"]), np.float32).tobytes())
+    data = [np.ascontiguousarray(load_vectors(cfg["gallery_features"]), np.float32)]
     if cfg["method"] == "ssp":
-        h.update(load_anchors(cfg["anchors"]).centroids.tobytes())
-    task = dict(task_options(cfg, ASYM_DEFAULTS, ("root", "gallery_features", "anchors")), data_sha1=h.hexdigest())
+        data.append(load_anchors(cfg["anchors"]).centroids)
+    task = dict(task_options(cfg, ASYM_DEFAULTS, ("root", "gallery_features", "anchors")), data_sha1=fingerprint(*data))
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     model.meta["trained"] = True
     return model.eval(), history

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 
 from torch.utils.data import ConcatDataset
 
 from ..config import seed_everything
 from ..datasets.training import CSALists
-from ..io import load_vectors
+from ..io import fingerprint, load_vectors
 from ..models.csa import build_csa, csa_loss
 from ..models.whitening import Whitening
 from ..train import TrainConfig, fit
@@ -82,9 +81,7 @@ def train_csa(config: dict):
     cfg = csa_config(**config)
     model, data, loss_fn = csa_lists(cfg)
     lists = data(0)
-    h = hashlib.sha1()
-    for part in getattr(lists, "datasets", [lists]):
-        h.update(part.x.numpy().tobytes() + part.labels.numpy().tobytes())
-    task = dict(task_options(cfg, CSA_DEFAULTS, ("root", "train_features", "whitening")), lists_sha1=h.hexdigest())
+    lists_sha1 = fingerprint(*(a for part in getattr(lists, "datasets", [lists]) for a in (part.x, part.labels)))
+    task = dict(task_options(cfg, CSA_DEFAULTS, ("root", "train_features", "whitening")), lists_sha1=lists_sha1)
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     return model.eval(), history

@@ -3,7 +3,6 @@ projection + L2 trained with an in-batch loss over landmark labels."""
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..config import seed_everything
-from ..io import load_vectors
+from ..io import fingerprint, load_vectors
 from ..losses import get_loss
 from ..models.pooling import L2N
 from ..models.whitening import learn_pca_whitening
@@ -72,6 +71,6 @@ def train_projection(config: dict):
     cfg = projection_config(**config)
     model, data, loss_fn = projection_pairs(cfg)
     task = dict(task_options(cfg, PROJECTION_DEFAULTS, ("root", "train_features")),
-                data_sha1=hashlib.sha1(data.tensors[0].numpy().tobytes()).hexdigest())
+                data_sha1=fingerprint(data.tensors[0]))
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     return model.eval(), history

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +9,7 @@ import torch
 from ..config import seed_everything
 from ..datasets.training import LabelledImages
 from ..distributed import init_distributed
+from ..io import file_hash
 from ..models.checkpoints import read_checkpoint
 from ..models.token import build_token, init_backbone_from_global
 from ..train import TrainConfig, fit
@@ -93,7 +92,7 @@ def train_token(config: dict):
     model, data, loss_fn = token_classification(cfg)
     task = task_options(cfg, TOKEN_DEFAULTS, ("root", "backbone_init"))
     if cfg["backbone_init"]:
-        task["backbone_init_sha1"] = hashlib.sha1(Path(cfg["backbone_init"]).read_bytes()).hexdigest()
+        task["backbone_init_sha1"] = file_hash(cfg["backbone_init"], "sha1")
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     model.meta["trained"] = True
     return model.eval(), history

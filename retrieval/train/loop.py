@@ -6,31 +6,23 @@ weight-decay exclusions, per-step warm-up + cosine schedule, AMP, gradient clipp
 atomic end-of-epoch checkpoints with RNG states (exact resume), ``history.json`` and a curve PNG.
 
 Distributed: ``torchrun --nproc_per_node=N -m retrieval.train --task global --config cfg.json``
-(:func:`main`). Each rank sees ``batch_size`` samples per step and DDP averages the gradients, so one
-step uses ``N x batch_size`` samples (a single-process run with batch ``N x batch_size`` and the same
-data order is the same computation up to float rounding, except for BatchNorm, whose batch statistics
-are per rank; its running statistics are taken from rank 0 at the end of every epoch). Only rank 0
-writes files.
+(:mod:`retrieval.train.__main__`). Each rank sees ``batch_size`` samples per step and DDP averages the
+gradients, so one step uses ``N x batch_size`` samples (a single-process run with batch ``N x batch_size``
+and the same data order is the same computation up to float rounding, except for BatchNorm, whose batch
+statistics are per rank; its running statistics are taken from rank 0 at the end of every epoch). Only
+rank 0 writes files.
 
 Why this file is long: :func:`fit` is one loop whose resume, DDP, AMP and checkpoint paths share its
 state (optimiser, scheduler, scaler, RNG streams); the parts that stand alone live beside it
-(:mod:`retrieval.optim`, :mod:`retrieval.distributed`), and the command line that runs the tasks stays
-here because ``python -m retrieval.train`` is its name.
+(:mod:`.config`, :mod:`.optim`, :mod:`retrieval.distributed`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import importlib
-import json
 import math
 import os
 import pickle
 import random
-import shutil
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -44,82 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from .config import resolve, resolve_device, seed_everything
-from .optim import build_optimizer, build_scheduler, lr_factor, param_groups, resolve_amp
-from .distributed import barrier, init_distributed, is_distributed, is_main, rank, sharded_extract, sharded_map, world
-from .io import atomic_write, atomic_write_json
-from .models.registry import model_meta, save_model
-from .viz import save_figure
-
-__all__ = ["TrainConfig", "fit", "param_groups", "build_optimizer", "build_scheduler", "lr_factor",
-           "resolve_amp", "init_distributed", "is_main", "world", "rank", "barrier", "sharded_map",
-           "sharded_extract", "save_checkpoint", "load_checkpoint", "plot_history", "load_task", "export_path", "main",
-           "TASKS"]
+from ..config import resolve, resolve_device, seed_everything
+from ..distributed import barrier, init_distributed, is_main, rank, world
+from ..io import atomic_copy, atomic_write, atomic_write_json
+from ..models.registry import model_meta
+from ..viz import save_figure
+from .config import TrainConfig
+from .optim import build_optimizer, build_scheduler, resolve_amp
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 CURVE = "training_curve.png"
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclasses.dataclass
-class TrainConfig:
-    """Training options (JSON-serialisable; stored in every checkpoint).
-
-    ``warmup_steps`` (if not None) overrides ``warmup_epochs``; the learning rate rises linearly
-    over the warm-up, then follows a cosine down to ``min_lr``, updated every step.
-    ``amp``: ``"auto"`` (on for CUDA only), ``"on"`` or ``"off"``; ``amp_dtype``: ``"auto"`` (bf16
-    where supported, else fp16), ``"bf16"`` or ``"fp16"`` (fp16 uses a GradScaler).
-    ``out_dir=None`` trains without writing anything.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0
-    warmup_steps: int | None = None
-    min_lr: float = 0.0
-    grad_clip: float | None = None
-    amp: str = "auto"
-    amp_dtype: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    out_dir: str | None = "runs/train"
-    resume: bool = False
-    log_every: int = 10
-    shuffle: bool = True
-    drop_last: bool = False
-    find_unused_parameters: bool = False
-    keep_epoch_checkpoints: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.amp, bool):
-            self.amp = "on" if self.amp else "off"
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer={self.optimizer!r}: expected 'sgd' or 'adamw'")
-        if self.amp not in ("auto", "on", "off"):
-            raise ValueError(f"amp={self.amp!r}: expected 'auto', 'on' or 'off'")
-        if self.amp_dtype not in ("auto", "bf16", "fp16"):
-            raise ValueError(f"amp_dtype={self.amp_dtype!r}: expected 'auto', 'bf16' or 'fp16'")
-        if self.epochs < 0 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("epochs must be >= 0, batch_size and log_every >= 1")
-        if self.lr < 0 or self.min_lr < 0 or self.warmup_epochs < 0 or (self.warmup_steps or 0) < 0:
-            raise ValueError("lr, min_lr and the warm-up must be non-negative")
-        if self.out_dir is not None:
-            self.out_dir = str(self.out_dir)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict, ignoring keys that are not fields (task options may share the dict)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --------------------------------------------------------------------------- checkpoints, RNG
@@ -144,17 +71,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
     return ckpt
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _get_rng() -> dict:
@@ -399,7 +315,7 @@ def _fit(model, data, loss_fn, cfg, on_epoch_end, collate_fn, params, task=None)
                 state["meta"] = dict(meta, trained=True) if "trained" in meta else meta  # ≥ 1 epoch trained
             save_checkpoint(ckpt_path, state)
             if cfg.keep_epoch_checkpoints:
-                _atomic_copy(ckpt_path, out / f"checkpoint_epoch{epoch + 1}.pt")
+                atomic_copy(ckpt_path, out / f"checkpoint_epoch{epoch + 1}.pt")
             atomic_write_json(out / HISTORY, history)
             save_figure(plot_history(history), out / CURVE)
     return history
@@ -423,82 +339,3 @@ def _warn_config_change(saved: dict, cfg: TrainConfig) -> None:
     diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k not in ignore and saved.get(k) != v}
     if diff:
         warnings.warn(f"resuming with a changed configuration (saved, now): {diff}")
-
-
-# --------------------------------------------------------------------------- command line
-#: ``--task`` names: the task functions the notebooks call (each trains and returns ``(model, history)``)
-TASKS = {"global": "train_global", "csa": "train_csa", "asym": "train_asym", "token": "train_token",
-         "projection": "train_projection"}
-
-
-def load_task(spec: str) -> Callable:
-    """A task by name (:data:`TASKS`: ``retrieval.tasks.train_<name>``), or ``module:function`` (a builder
-    returning ``(model, data, loss_fn[, on_epoch_end])``)."""
-    if spec in TASKS:
-        return getattr(importlib.import_module("retrieval.tasks"), TASKS[spec])
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"--task {spec!r}: expected one of {sorted(TASKS)} or 'module:function'")
-    return getattr(importlib.import_module(module), name)
-
-
-def export_path(model: nn.Module, out_dir: str | os.PathLike) -> Path:
-    """Where a trained model is exported: ``<out_dir>/<its name>.pth`` (the kind for nameless models),
-    the file the notebooks write and :func:`~retrieval.models.load_model` reads."""
-    meta = getattr(model, "meta", None) or model_meta(model) or {}
-    name = getattr(model, "name", None) or meta.get("name") or meta.get("kind") or "model"
-    return resolve(out_dir) / f"{name}.pth"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval.train --task global --config cfg.json`` (under torchrun for DDP).
-
-    A named task (global, csa, asym, token, projection) runs the same function as the notebooks
-    (``retrieval.tasks.train_<task>``: its defaults updated by the JSON) and rank 0 exports the
-    trained model with :func:`~retrieval.models.save_model` to ``<out_dir>/<name>.pth``, loadable by
-    ``load_model`` and by the notebooks' ``network=`` parameter. ``module:function`` runs a custom
-    builder returning ``(model, data, loss_fn[, on_epoch_end])`` through :func:`fit` (checkpoint only)."""
-    ap = argparse.ArgumentParser(prog="python -m retrieval.train", description=main.__doc__.split("\n")[0])
-    ap.add_argument("--task", required=True, help=f"one of {sorted(TASKS)}, or module:function (a builder)")
-    ap.add_argument("--config", required=True, help="JSON file: TrainConfig fields and task options")
-    ap.add_argument("--out-dir", help="override out_dir")
-    ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
-    args = ap.parse_args(argv)
-    try:
-        config = json.loads(Path(args.config).read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--config {args.config}: cannot read a JSON object ({e})")
-    if not isinstance(config, dict):
-        raise SystemExit(f"--config {args.config}: expected a JSON object of options")
-    if args.out_dir:
-        config["out_dir"] = args.out_dir
-    if args.resume:
-        config["resume"] = True
-    cfg = TrainConfig.from_dict(config)
-    task = load_task(args.task)
-    created = init_distributed(cfg.device)
-    try:
-        seed_everything(cfg.seed)  # same on every rank: identical model initialisation
-        if args.task in TASKS:
-            model, history = task(config)
-            if is_main() and cfg.out_dir is not None:
-                path = save_model(model, export_path(model, cfg.out_dir))
-                print(f"{len(history)} epochs; exported {path} (load_model)")
-        else:
-            parts = task(config)
-            if len(parts) not in (3, 4):
-                raise ValueError("the task must return (model, data, loss_fn) or (model, data, loss_fn, on_epoch_end)")
-            model, data, loss_fn = parts[:3]
-            fit(model, data, loss_fn, cfg, on_epoch_end=parts[3] if len(parts) == 4 else None)
-    finally:
-        if created and is_distributed():
-            barrier()
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    # run through the imported module, so `retrieval.train` is a single module object
-    from retrieval.train import main as _main
-
-    sys.exit(_main())

@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule and mixed precision of :func:`retrieval.train.fit`: weight decay
+"""Optimiser, learning-rate schedule and mixed precision of :func:`~retrieval.train.fit`: weight decay
 off for biases, norms and GeM's p; linear warm-up then cosine decay, updated every step; AMP dtype."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 

@@ -1,4 +1,4 @@
-"""Batch runs of one notebook over parameter grids with papermill (``python -m retrieval.runs grid``).
+"""Batch runs of one notebook over parameter grids with papermill (``python -m retrieval.run sweep``).
 
 Every combination of the grid runs into its own folder ``<out>/<name>=<value>,...``: the executed
 notebook, its ``metrics.json`` and figures (``run_dir`` / ``fig_dir`` point there when the notebook
@@ -26,7 +26,6 @@ Parameter values are checked against the notebook's parameters cell before anyth
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import itertools
@@ -36,9 +35,10 @@ import re
 import time
 from pathlib import Path
 
-from .config import PROFILE_ENV, check_parameters, resolve
-from .io import atomic_write_bytes, atomic_write_json, read_json
-from .metrics import PROTOCOL_LABELS
+from ..config import PROFILE_ENV, check_parameters, resolve
+from ..io import atomic_write_bytes, atomic_write_json, fingerprint, read_json
+from ..metrics import PROTOCOL_LABELS
+from ..viz import save_figure
 
 #: summary columns of each protocol's mAP (E/M/H; ``classic`` for the original Oxford5k/Paris6k)
 PROTOCOL_SHORT = dict(PROTOCOL_LABELS)
@@ -79,7 +79,7 @@ def combo_name(params: dict) -> str:
     text = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items())
     safe = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "default"
     if len(safe) > 100 or safe != text:
-        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+        digest = fingerprint(params)[:8]
         safe = f"{safe[:90]}-{digest}"
     return safe
 
@@ -275,8 +275,6 @@ def _plot(path: Path, rows: list[dict], title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from .viz import save_figure
 
     colours = {"E": "#8fbc8f", "M": "#4682b4", "H": "#b22222", "classic": "#9467bd"}
     scored = [r for r in rows if any(r.get(c) is not None for c in colours)]

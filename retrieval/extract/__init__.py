@@ -6,8 +6,6 @@ atomically and reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import os
@@ -21,11 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .datasets.images import prepare_image
-from .distributed import barrier, is_main, rank, world
-from .models.functional import max_over_scales
-from .models.pooling import MAX_OVER_SCALES
-from .io import atomic_save_npy, atomic_write_json, jsonable, load_features, read_json, save_features
+from ..datasets.images import prepare_image
+from ..distributed import barrier, is_main, rank, world
+from ..models.functional import max_over_scales
+from ..models.pooling import MAX_OVER_SCALES
+from ..io import (atomic_save_npy, atomic_write_json, fingerprint, jsonable, load_arrays, load_features, read_json,
+                  save_arrays, save_features)
 
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 #: the preprocessing rule recorded in every feature file's parameters (caches of another rule are not reused)
@@ -199,12 +198,7 @@ def features_path(root: str | os.PathLike, dataset: str, name: str) -> Path:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """SHA-1 of the model's state dict (names, shapes and values): features cached for one set of
     weights are never reused for another."""
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return fingerprint(*(x for name, t in sorted(model.state_dict().items()) for x in (name, str(tuple(t.shape)), t)))
 
 
 def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
@@ -290,25 +284,22 @@ def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathL
     the preprocessing rule, a hash of the paths); it is reused only when all of them match, so descriptors of other
     weights or images are never picked up. Written atomically.
     """
-    from .io import atomic_save_npz
 
-    names = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()
+    names = fingerprint("\n".join(str(p) for p in paths))
     params = jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
                             image_size=_size_param(image_size), scales=[float(s) for s in scales],
                             preprocess=preprocess_params(upscale), n=len(paths), paths_sha1=names))
     path = Path(path)
     if path.exists() and not overwrite:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                vecs, old = z["vecs"], json.loads(str(z["params"]))
-        except (KeyError, ValueError, OSError) as e:
-            raise ValueError(f"{path}: not a descriptor file with 'vecs' and 'params' ({e}); "
-                             f"delete it or pass overwrite=True") from e
+            arrays, old = load_arrays(path, ("vecs",), what="descriptor file")
+        except ValueError as e:
+            raise ValueError(f"{e}; delete it or pass overwrite=True") from e
         if old == params:
-            return vecs
+            return arrays["vecs"]
     vecs = extract_vectors(model, paths, image_size=image_size, scales=scales, batch_size=batch_size,
                            device=device, workers=workers, desc=desc, progress=progress, upscale=upscale)
-    atomic_save_npz(path, vecs=vecs, params=np.array(json.dumps(params, sort_keys=True)))
+    save_arrays(path, params, vecs=vecs)
     return vecs
 
 
@@ -339,50 +330,3 @@ def _load_shard(path: Path, n: int, dim: int | None = None) -> np.ndarray | None
         return None
     ok = vecs.ndim == 2 and vecs.shape[0] == n and vecs.dtype == np.float32 and (dim is None or vecs.shape[1] == dim)
     return vecs if ok else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``[torchrun --nproc_per_node=N] python -m retrieval.extract --run-dir R (--network NAME |
-    --backbone B --pooling P --weights W) --dataset D [--distractors r1m] --image-size S``: a test
-    set's descriptors into ``R/features/<dataset>/<name>-<size>.npz`` (:meth:`RunLayout.descriptors`),
-    the db sharded over the ranks, resumable; ``--dtype float16`` halves the db (R1M)."""
-    import argparse
-
-    from .config import resolve_device
-    from .distributed import init_distributed
-    from .layout import RunLayout
-    from .models import build_global_net
-
-    ap = argparse.ArgumentParser(prog="python -m retrieval.extract", description=main.__doc__.split("\n")[0])
-    ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--network", help="a network of the run (train_global/<name>.pth) or a published one")
-    for opt, default in (("--backbone", "efficientnet_lite0"), ("--pooling", "gem"), ("--weights", "imagenet"),
-                         ("--dataset", "synth"), ("--distractors", None), ("--device", "auto"), ("--preset", None)):
-        ap.add_argument(opt, default=default)
-    ap.add_argument("--data-seed", type=int, default=None, help="synth: the benchmark (default: the run's)")
-    ap.add_argument("--image-size", type=int, nargs="+", default=[1024])
-    ap.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--shard-size", type=int, default=2048)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)                   # this rank's GPU (LOCAL_RANK) under torchrun
-    init_distributed(device)
-    layout = RunLayout(args.run_dir, "extract")
-    net = layout.load_network(args.network) if args.network else \
-        build_global_net(args.backbone, args.pooling, weights=args.weights).eval()
-    ds = layout.test_set(args.dataset, args.preset, args.data_seed, args.distractors)
-    size = args.image_size[0] if len(args.image_size) == 1 else args.image_size
-    name = net.name + ("-ms" if len(args.scales) > 1 else "")
-    query, db, _ = layout.descriptors(net, name, ds, size, device, scales=args.scales, batch_size=args.batch_size,
-                                      workers=args.workers, shard_size=args.shard_size, dtype=args.dtype)
-    if is_main():
-        print(f"{ds.name}: query {query.shape}, db {db.shape} {db.dtype} -> {layout.features(ds.name, name, size)}")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The object a notebook works through: :class:`Run` — its run folder's paths (:attr:`Run.paths`, a
+:class:`~retrieval.run.layout.RunLayout`), the benchmark it uses, the networks it loads, the descriptors
+it extracts once per weights, and the rows it records into ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..catalog import PUBLISHED
+from ..config import data_dir, smoke
+from ..datasets import REAL_TEST, dataset_name, generate, get_test, load_sfm
+from ..extract import extract_cached, extract_dataset, model_fingerprint
+from ..io import atomic_write_json
+from ..models import load_model
+from .layout import RunLayout
+from .store import record_metrics
+
+
+class Run:
+    """One notebook's session on a run folder. ``run_dir``: the run folder (relative to the repository
+    root, or absolute); ``notebook``: the notebook working through it (recorded with its metrics);
+    ``fig_dir``: where figures go (default ``<run_dir>/figures``)."""
+
+    def __init__(self, run_dir: str | os.PathLike, notebook: str | None = None,
+                 fig_dir: str | os.PathLike | None = None):
+        self.paths = RunLayout(run_dir, fig_dir)
+        self.notebook = notebook
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.paths.root)!r}, notebook={self.notebook!r})"
+
+    # ------------------------------------------------------------------ the benchmark of the run
+    def record_benchmark(self, preset: str, difficulty: float = 1.0, data_seed: int = 0) -> Path:
+        """Record the synthetic benchmark of this run (00_data); later notebooks default to it."""
+        return atomic_write_json(self.paths.benchmark_file, dict(
+            preset=preset, difficulty=float(difficulty), data_seed=int(data_seed),
+            name=dataset_name(preset, difficulty, data_seed)))
+
+    def benchmark(self, preset: str | None = None, data_seed: int | None = None) -> dict:
+        """The synthetic benchmark a notebook uses: ``preset`` / ``data_seed`` when given, else the
+        run's (:meth:`record_benchmark`), else the profile's preset (``tiny`` in the smoke profile,
+        ``default``) with seed 0. The difficulty is always the run's (1.0 without a record)."""
+        path = self.paths.benchmark_file
+        rec = json.loads(path.read_text()) if path.is_file() else {}
+        out = dict(preset=preset if preset is not None else rec.get("preset", "tiny" if smoke() else "default"),
+                   difficulty=float(rec.get("difficulty", 1.0)),
+                   data_seed=int(data_seed if data_seed is not None else rec.get("data_seed", 0)))
+        if rec and (out["preset"], out["data_seed"]) != (rec["preset"], rec["data_seed"]):
+            print(f"note: {self.paths.root.name} was made on {rec['name']}; this notebook uses "
+                  f"preset={out['preset']!r}, data_seed={out['data_seed']} (difficulty {out['difficulty']:g})")
+        return out
+
+    def test_set(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None,
+                 distractors: str | None = None):
+        """The test set (:func:`~retrieval.datasets.get_test`); ``synth`` is the run's benchmark."""
+        b = self.benchmark(preset, data_seed)
+        return get_test(dataset, b["preset"], difficulty=b["difficulty"], seed=b["data_seed"], distractors=distractors)
+
+    def train_name(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None) -> str:
+        """The training split that goes with ``dataset`` (the run's benchmark's for ``synth``)."""
+        if dataset in REAL_TEST:
+            return "retrieval-SfM-120k"
+        b = self.benchmark(preset, data_seed)
+        return dataset_name(b["preset"], b["difficulty"], b["data_seed"])
+
+    def train_splits(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None) -> dict:
+        """``{"train": ..., "val": ...}`` of :meth:`train_name` (the synthetic one rendered if missing)."""
+        if dataset not in REAL_TEST:
+            b = self.benchmark(preset, data_seed)
+            generate(b["preset"], difficulty=b["difficulty"], seed=b["data_seed"], progress=False)
+        return load_sfm(data_dir(), self.train_name(dataset, preset, data_seed))
+
+    # ------------------------------------------------------------------ networks
+    def load_network(self, network: str):
+        """:func:`~retrieval.models.load_model` of :meth:`RunLayout.network_file
+        <retrieval.run.layout.RunLayout.network_file>` (a published name by name, so its file is
+        hash-checked), in eval mode."""
+        file = self.paths.network_file(network)
+        name = network[:-3] if network.endswith("-ms") and network[:-3] in PUBLISHED else network
+        return load_model(name if name in PUBLISHED else file).eval()
+
+    # ------------------------------------------------------------------ descriptors, cached under the run
+    def network_and_descriptors(self, network: str, dataset, image_size, device: str = "cpu", scales=(1.0,),
+                                **extract):
+        """The network ``network`` (:meth:`load_network`) and its query/db descriptors of ``dataset``
+        at ``image_size`` (and ``scales``: several give the multi-scale descriptors 01 names
+        ``<network>-ms``), extracted once per run and weights (:meth:`descriptors`). Returns
+        ``(net, query (n_q, D), db (n_db, D))``."""
+        net = self.load_network(network)
+        name = network if len(scales) == 1 or network.endswith("-ms") else f"{network}-ms"
+        query, db, _ = self.descriptors(net, name, dataset, image_size, device, scales=scales, **extract)
+        return net, query, db
+
+    def descriptors(self, model, name: str, dataset, image_size, device: str = "cpu", **extract):
+        """Query/db descriptors of any ``model`` under ``name`` in this run, read from
+        ``features/<dataset>/<name>-<size>.npz`` when its stored parameters and weights' fingerprint
+        match, else extracted and saved (:func:`~retrieval.extract.extract_dataset`). Returns
+        ``(query (n_q, D), db (n_db, D), params)``; ``params["weights_sha1"]`` is the fingerprint."""
+        return extract_dataset(model, dataset, self.paths.features(dataset.name, name, image_size),
+                               image_size=image_size, device=device, **extract)
+
+    def train_descriptors(self, model, name: str, split: str, paths, image_size, part: str = "train",
+                          device: str = "cpu", tag: str = "", **extract):
+        """Descriptors (N, D) of a training split's images ``paths`` by ``model``, cached under this run
+        (:func:`~retrieval.extract.extract_cached`, which checks weights, sizes and paths). Returns
+        ``(vecs, path)``: the file is what the training tasks take (``train_features=``)."""
+        path = self.paths.train_features(split, name, image_size, part, tag)
+        return extract_cached(model, paths, path, image_size=image_size, device=device,
+                              desc=f"{split} {part}, {name}", **extract), path
+
+    # ------------------------------------------------------------------ learned whitening
+    def whitening(self, network: str, shrinkage: float | str = "val") -> tuple[Path, float]:
+        """The learned whitening 02 saved for ``network`` and its shrinkage α; ``"val"``: the α 02 chose
+        on the val split (:meth:`record_whitening_choice`)."""
+        if shrinkage == "val":
+            choice = self.paths.whitening_choice(network)
+            if not choice.is_file():
+                raise FileNotFoundError(f"{choice} not found: run 02_train_global for {network} "
+                                        "(or pass a number as lw_shrinkage)")
+            shrinkage = float(json.loads(choice.read_text())["shrinkage"])
+        return self.paths.whitening(network, float(shrinkage)), float(shrinkage)
+
+    def record_whitening_choice(self, network: str, shrinkage: float, val_map: dict) -> Path:
+        """Record the shrinkage 02 chose for ``network`` on the val split (``val_map``: α → val mAP)."""
+        return atomic_write_json(self.paths.whitening_choice(network),
+                                 {"shrinkage": float(shrinkage), "val_map": {f"{a:g}": float(m) for a, m in val_map.items()}})
+
+    # ------------------------------------------------------------------ results
+    def record(self, dataset: str, method: str, results: dict, image_size=None, model=None,
+               weights: str | None = None) -> str:
+        """Add ``results`` (an evaluate() output) to the run's metrics.json with where they came from:
+        this notebook, the image size and the weights' fingerprint (of ``model``, or ``weights``).
+        Returns the key it was stored under (:func:`~retrieval.run.store.record_metrics`)."""
+        if model is not None and weights is None:
+            weights = model_fingerprint(model)
+        recorded = {k: v for k, v in (("notebook", self.notebook), ("image_size", image_size),
+                                      ("weights", weights)) if v is not None}
+        return record_metrics(self.paths.root, dataset, method, results, recorded=recorded or None)
