@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pair_scores", "threshold_table", "pr_curve", "threshold_at_precision"]
+__all__ = ["pair_scores", "threshold_table", "pr_curve", "threshold_at_precision", "recall_levels_table",
+           "format_threshold_table"]
 
 
 def pair_scores(X, groups, unrelated_pairs: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -87,3 +88,28 @@ def threshold_at_precision(scores, same, precision: float) -> dict:
         return dict(threshold=None, precision=float(p.max()), recall=0.0)
     k = ok[np.argmax(r[ok])]
     return dict(threshold=float(t[k]), precision=float(p[k]), recall=float(r[k]))
+
+
+def recall_levels_table(X, groups, unrelated_pairs: bool = True,
+                        quantiles: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> list[dict]:
+    """:func:`threshold_table` at ``quantiles`` of the same-origin pairs' scores (0.1 keeps 90 % of them),
+    each row also counting ``unrelated_unrelated_kept``: the kept pairs of two images of no origin, which
+    ``unrelated_pairs=False`` leaves out of precision (so a reader sees what a threshold would do on a
+    collection where such pairs exist). X (N, D) L2-normalised (those pairs scored in X's dtype), groups (N,)."""
+    scores, same = pair_scores(X, groups, unrelated_pairs)
+    X = np.asarray(X)
+    u = np.flatnonzero(np.asarray(groups) < 0)
+    among = (X[u] @ X[u].T)[np.triu_indices(len(u), 1)]
+    rows = threshold_table(scores, same, np.quantile(scores[same], list(quantiles)))
+    for row in rows:
+        row["unrelated_unrelated_kept"] = int((among >= row["threshold"]).sum())
+    return rows
+
+
+def format_threshold_table(rows: list[dict]) -> str:
+    """The rows of :func:`recall_levels_table` as a fixed-width text table."""
+    lines = [f"{'t':>7} {'same-origin kept':>17} {'unrelated kept':>15} {'precision':>10} {'recall':>7} "
+             f"{'unrelated-unrelated':>20}"]
+    lines += [f"{r['threshold']:7.4f} {r['same_kept']:17d} {r['unrelated_kept']:15d} {r['precision']:10.3f} "
+              f"{r['recall']:7.3f} {r.get('unrelated_unrelated_kept', 0):20d}" for r in rows]
+    return "\n".join(lines)

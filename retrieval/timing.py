@@ -4,9 +4,21 @@ numbers depend on the machine: compare ratios measured in one run, and name the 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from .extract import extract_vectors
+
+T = TypeVar("T")
+
+
+def timed_per_item(fn: Callable[[], T], n_items: int) -> tuple[T, float]:
+    """``(fn(), milliseconds per item)`` of one call that handles ``n_items`` items (e.g. a search or
+    a re-ranking of ``n_items`` queries). ValueError when ``n_items`` < 1."""
+    if n_items < 1:
+        raise ValueError(f"n_items={n_items}: nothing to time")
+    t = time.perf_counter()
+    out = fn()
+    return out, 1000 * (time.perf_counter() - t) / n_items
 
 
 def ms_per_item(fn: Callable[[Sequence], object], items: Sequence, warmup: int = 0) -> float:
@@ -16,9 +28,7 @@ def ms_per_item(fn: Callable[[Sequence], object], items: Sequence, warmup: int =
         raise ValueError("items: nothing to time")
     if warmup:
         fn(items[:warmup])
-    t = time.perf_counter()
-    fn(items)
-    return 1000 * (time.perf_counter() - t) / len(items)
+    return timed_per_item(lambda: fn(items), len(items))[1]
 
 
 def extraction_ms(model, paths: Sequence, image_size: int, bbxs: Sequence | None = None,

@@ -83,3 +83,24 @@ def test_bad_input():
         pr_curve([0.1, 0.2], [False, False])
     with pytest.raises(ValueError, match="same length"):
         threshold_table([0.1, 0.2], [True], [0.5])
+
+
+def test_recall_levels_table_against_loops():
+    from retrieval.neardup import format_threshold_table, recall_levels_table
+
+    rng = np.random.default_rng(3)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, -1, -1, -1, -1])
+    X = rng.standard_normal((len(groups), 8)).astype(np.float32)
+    X[groups >= 0] += 1.5 * rng.standard_normal((3, 8)).astype(np.float32)[groups[groups >= 0]]
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    rows = recall_levels_table(X, groups, unrelated_pairs=False, quantiles=(0.25, 0.5))
+    same = [float(X[i] @ X[j]) for i in range(len(X)) for j in range(i + 1, len(X)) if groups[i] == groups[j] >= 0]
+    for q, row in zip((0.25, 0.5), rows):
+        t = np.quantile(np.array(same, np.float64), q)
+        assert row["threshold"] == pytest.approx(t, abs=1e-6)
+        uu = sum(float(X[i] @ X[j]) >= row["threshold"] for i in range(len(X)) for j in range(i + 1, len(X))
+                 if groups[i] < 0 and groups[j] < 0)
+        assert row["unrelated_unrelated_kept"] == uu
+        assert row["same_kept"] == sum(s >= row["threshold"] for s in same)
+    text = format_threshold_table(rows).splitlines()
+    assert len(text) == 3 and "unrelated-unrelated" in text[0] and f"{rows[1]['threshold']:7.4f}" in text[2]

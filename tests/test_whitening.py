@@ -258,3 +258,22 @@ def test_apply_float16_does_not_overflow():
     out = w.apply(x)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     np.testing.assert_allclose(out.float().numpy(), w.apply(x.float().numpy()), atol=2e-3)
+
+
+def test_select_shrinkage_is_the_grid_argmax_of_val_map():
+    from retrieval.metrics import label_map
+    from retrieval.models.whitening import select_shrinkage
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 8))
+    labels = np.repeat(np.arange(6), 5)
+    X = centres[labels] + 0.8 * rng.standard_normal((30, 8))
+    Xv = centres[labels] + 0.8 * rng.standard_normal((30, 8))
+    q, p = [int(i) for i in range(0, 30, 5)], [int(i) + 1 for i in range(0, 30, 5)]
+    best, val_map = select_shrinkage(X, q, p, Xv, labels, grid=(0.0, 0.5, 0.9))
+    want = {a: label_map(learn_whitening(X, q, p, shrinkage=a).apply(Xv), labels) for a in (0.0, 0.5, 0.9)}
+    assert val_map == pytest.approx(want) and best == max(want, key=want.get)
+    tie, tmap = select_shrinkage(X, q, p, Xv, labels, grid=(0.5, 0.5))     # ties: the first of the grid
+    assert tie == 0.5 and len(tmap) == 1
+    with pytest.raises(ValueError, match="no shrinkage"):
+        select_shrinkage(X, q, p, Xv, labels, grid=())

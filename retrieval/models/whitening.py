@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..io import load_arrays, save_arrays
+from ..metrics import label_map
 
 
 
@@ -213,6 +214,19 @@ def learn_whitening(X, qidxs: Sequence[int], pidxs: Sequence[int], dim: int | No
     P = U[:, :k].T @ W
     return Whitening(m, P, "learned", dict(n_train=N, n_pairs=len(q), dim=k, eps=eps, shrinkage=shrinkage,
                                            eigvals=lam_d[:k].tolist()))
+
+
+def select_shrinkage(X, qidxs: Sequence[int], pidxs: Sequence[int], X_val, val_labels,
+                     grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75)) -> tuple[float, dict[float, float]]:
+    """The shrinkage of :func:`learn_whitening` chosen on a labelled validation split, never on test: for
+    each α of ``grid`` the whitening learned from the training pairs (``X`` (N, D), ``qidxs``, ``pidxs``) is
+    applied to the val descriptors ``X_val`` (M, D) and scored by :func:`~retrieval.metrics.label_map`
+    (each val image queries the others; positives share its landmark). Returns ``(best α, {α: val mAP})``;
+    ties go to the first α of ``grid``. A best α at the end of ``grid`` means the grid is too small."""
+    if len(grid) == 0:
+        raise ValueError("grid: no shrinkage to choose from")
+    val_map = {a: label_map(learn_whitening(X, qidxs, pidxs, shrinkage=a).apply(X_val), val_labels) for a in grid}
+    return max(val_map, key=val_map.get), val_map
 
 
 @torch.no_grad()

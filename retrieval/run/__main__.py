@@ -1,7 +1,8 @@
 """``python -m retrieval.run``: ``demo`` runs every ``notebooks/NN_*.ipynb`` into ``runs/demo`` and prints the
 summary table; ``sweep NOTEBOOK -p name v1 v2`` (alias ``grid``) runs one notebook over a parameter grid
-(:mod:`retrieval.run.sweep`); ``summary RUN_DIR`` prints a run's table; ``store-checks`` refreshes the
-outputs nbval compares. (Successor of ``python -m retrieval.runs``.)"""
+(:mod:`retrieval.run.sweep`); ``summary RUN_DIR`` prints a run's table; ``record RUN_DIR --name NAME`` and
+``report [--check]`` keep the committed records and the pages rendered from them (:mod:`.report`);
+``store-checks`` refreshes the outputs nbval compares. (Successor of ``python -m retrieval.runs``.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 from ..config import resolve
 from .notebooks import run_notebooks, store_check_outputs
+from .report import record_run, write_pages
 from .store import load_metrics, summary_table
 from .sweep import load_grid_file, parse_value, run_grid
 
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                    "the outputs of nbval-check-output cells in the source notebooks")
     show = sub.add_parser("summary", help="print the summary table of a run folder")
     show.add_argument("run_dir")
+    rec = sub.add_parser("record", help="copy a finished run's metrics.json and run.json into results/NAME/ "
+                         "(the committed record the docs are rendered from)")
+    rec.add_argument("run_dir")
+    rec.add_argument("--name", required=True, help="the record's name, e.g. demo")
+    rep = sub.add_parser("report", help="render docs/results.md and the README's demo table from results/")
+    rep.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
     grid = sub.add_parser("sweep", aliases=["grid"], help="run one notebook over a parameter grid (papermill), one "
                           "folder per combination, and collect summary.csv/.md/.html/.png (retrieval/run/sweep.py)")
     grid.add_argument("notebook", nargs="?", help="e.g. notebooks/01_extract_features.ipynb (or give --config)")
@@ -55,13 +63,26 @@ def main(argv: list[str] | None = None) -> int:
                 params[k] = v
         t = time.perf_counter()
         try:
-            metrics = run_notebooks(args.run_dir, args.profile, params, args.only, fig_dir=args.fig_dir)
+            metrics = run_notebooks(args.run_dir, args.profile, params, args.only, fig_dir=args.fig_dir,
+                                    command=["python -m retrieval.run", *(sys.argv[1:] if argv is None else argv)])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"\nAll notebooks ran in {time.perf_counter() - t:.0f} s; executed notebooks and "
               f"metrics.json in {resolve(args.run_dir)}\n")
         print(summary_table(metrics))
+    elif args.cmd == "record":
+        try:
+            print(f"recorded {args.run_dir} as {record_run(args.run_dir, args.name)}")
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    elif args.cmd == "report":
+        changed = write_pages(check=args.check)
+        for path in changed:
+            print(f"{'differs from its records' if args.check else 'rendered'}: {path}")
+        if args.check and changed:
+            return 1
     elif args.cmd == "store-checks":
         run_notebooks("runs/smoke", "smoke")
         for path in store_check_outputs("runs/smoke"):

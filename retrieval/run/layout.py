@@ -5,6 +5,7 @@ A run folder (``runs/demo`` by default, anywhere on disk) holds everything deriv
 
     <run>/benchmark.json                     the synthetic benchmark of the run (00_data writes it)
     <run>/metrics.json                       {dataset: {method: {easy/medium/hard | classic, recorded}}}
+    <run>/run.json                           machine, commit, date and command of a whole run
     <run>/train_global/<network>.pth         trained networks (+ whitening_*.npz / .json, checkpoint.pt)
     <run>/<task>/                            other training folders (asym, csa, train_token, dir_distill, …)
     <run>/features/<dataset>/<name>-<size>.npz           test descriptors (query + db)
@@ -46,6 +47,11 @@ class RunLayout:
     def benchmark_file(self) -> Path:
         """``<run>/benchmark.json``: the synthetic benchmark of the run (00_data records it)."""
         return self.root / "benchmark.json"
+
+    @property
+    def run_file(self) -> Path:
+        """``<run>/run.json``: where the run's numbers come from (machine, commit, date, command)."""
+        return self.root / "run.json"
 
     @property
     def metrics_file(self) -> Path:

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 from ..config import PROFILE_ENV, ROOT, resolve
+from ..io import atomic_write_json
+from .layout import RunLayout
+from .provenance import provenance
 from .store import load_metrics
 
 
@@ -36,10 +39,13 @@ def route_parameters(parameters: dict, selected: list[Path]) -> dict[str, dict]:
 
 def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full",
                   parameters: dict | None = None, only: list[str] | None = None,
-                  progress: bool = True, fig_dir: str | os.PathLike | None = None) -> dict:
+                  progress: bool = True, fig_dir: str | os.PathLike | None = None,
+                  command: list[str] | None = None) -> dict:
     """Execute the notebooks in order with papermill into ``run_dir`` (anywhere on disk); returns
     metrics.json. Each notebook gets ``run_dir``, ``fig_dir`` (default ``<run_dir>/figures``) and those
-    of ``parameters`` it declares (:func:`route_parameters`)."""
+    of ``parameters`` it declares (:func:`route_parameters`). When every notebook ran, ``<run_dir>/run.json``
+    records where the numbers come from (:func:`~retrieval.run.provenance.provenance`: machine, commit,
+    date, ``command``, profile, parameters, notebooks, seconds)."""
     import papermill as pm
 
     run_dir = resolve(run_dir).absolute()
@@ -51,6 +57,7 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
     routed = route_parameters(dict(parameters or {}), selected)
     before = os.environ.get(PROFILE_ENV)
     os.environ[PROFILE_ENV] = profile  # the kernels inherit it; their parameters cells read it
+    t_all = time.perf_counter()
     try:
         for nb in selected:
             t = time.perf_counter()
@@ -63,6 +70,10 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
             os.environ.pop(PROFILE_ENV, None)
         else:
             os.environ[PROFILE_ENV] = before
+    command = command or [f"run_notebooks({str(run_dir)!r}, profile={profile!r})"]
+    atomic_write_json(RunLayout(run_dir).run_file, provenance(
+        command, profile=profile, parameters=dict(parameters or {}), notebooks=[nb.name for nb in selected],
+        seconds=round(time.perf_counter() - t_all, 1)))
     return load_metrics(run_dir)
 
 

@@ -1,0 +1,166 @@
+"""Committed run records, and the results pages rendered from them.
+
+``python -m retrieval.run record RUN_DIR --name NAME`` copies a finished run's ``metrics.json`` and
+``run.json`` (machine, commit, date, command: :mod:`.provenance`) into ``results/NAME/`` (small JSON,
+committed); ``python -m retrieval.run report`` renders ``docs/results.md`` and the README's demo table from
+every record under ``results/``. No results number in the docs is typed by hand: ``report --check`` (and
+``tests/test_report.py``) fails when a page differs from what its records render.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..config import ROOT, resolve
+from ..io import atomic_write_bytes, atomic_write_json
+from ..metrics import ALL_PROTOCOLS, PROTOCOL_LABELS
+from .layout import RunLayout
+from .store import load_metrics
+
+RESULTS = ROOT / "results"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+README_MARKS = ("<!-- results:demo:start -->", "<!-- results:demo:end -->")
+# the README's short table: (notebook, method) rows of the demo record, in this order
+README_ROWS = (("01_extract_features", "gem-efficientnet_lite0-untrained"),
+               ("01_extract_features", "gem-efficientnet_lite0-imagenet"),
+               ("02_train_global", "gem-efficientnet_lite0"),
+               ("02_train_global", "gem-efficientnet_lite0+lw"),
+               ("03_rerank", "+aqe"), ("03_rerank", "+dba"), ("03_rerank", "+superglobal"), ("03_rerank", "+csa"))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.PathLike = RESULTS) -> Path:
+    """Copy ``<run_dir>/metrics.json`` and ``run.json`` into ``<results_dir>/<name>/`` (atomically); the
+    folder is the committed record of that run. FileNotFoundError when the run has no ``run.json`` (a run
+    of :func:`~retrieval.run.notebooks.run_notebooks` that finished writes it)."""
+    if not _NAME.match(name):
+        raise ValueError(f"name={name!r}: letters, digits, '.', '_' and '-' only")
+    layout = RunLayout(run_dir)
+    if not layout.run_file.is_file():
+        raise FileNotFoundError(f"{layout.run_file} not found: record a run that python -m retrieval.run demo "
+                                "finished (it writes run.json: machine, commit, date, command)")
+    out = resolve(results_dir) / name
+    atomic_write_json(out / "run.json", json.loads(layout.run_file.read_text()))
+    atomic_write_json(out / "metrics.json", load_metrics(run_dir))
+    return out
+
+
+def load_records(results_dir: str | os.PathLike = RESULTS) -> list[dict]:
+    """Every record under ``results_dir``, by name: ``{"name", "run", "metrics"}``."""
+    out = []
+    for folder in sorted(p for p in Path(results_dir).glob("*") if p.is_dir()):
+        files = {f: folder / f"{f}.json" for f in ("run", "metrics")}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"incomplete record {folder}: missing {missing}")
+        out.append(dict(name=folder.name, **{k: json.loads(p.read_text()) for k, p in files.items()}))
+    return out
+
+
+def _machine(m: dict) -> str:
+    return (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM, {m.get('gpu') or 'no GPU'}; "
+            f"torch {m.get('torch')}, numpy {m.get('numpy')}, Python {m.get('python')}")
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    found = {p for r in rows for p in r}
+    return [p for p in ALL_PROTOCOLS if p in found]
+
+
+def _table(rows: list[tuple[str, str, dict]], with_dataset: bool) -> list[str]:
+    """Markdown rows of ``(dataset, label, results)``: mAP ×100 per protocol, then mP@10 ×100 of Medium and
+    Hard (or classic)."""
+    cols = _columns([r for _, _, r in rows])
+    p10 = [p for p in cols if p != "easy"]
+    head = (["dataset"] if with_dataset else []) + ["method"] + [f"{PROTOCOL_LABELS[p]} mAP" for p in cols] + \
+        [f"{PROTOCOL_LABELS[p]} mP@10" for p in p10]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * (len(head) - len(cols) - len(p10))
+                                                              + ["---:"] * (len(cols) + len(p10))) + " |"]
+    for dataset, method, res in rows:
+        vals = [f"{100 * res[p]['map']:.2f}" if p in res else "-" for p in cols]
+        vals += [f"{100 * res[p]['mp@10']:.2f}" if p in res and "mp@10" in res[p] else "-" for p in p10]
+        lines.append("| " + " | ".join(([dataset] if with_dataset else []) + [method] + vals) + " |")
+    return lines
+
+
+def _by_notebook(metrics: dict) -> dict[str, list[tuple[str, str, dict]]]:
+    out: dict[str, list] = {}
+    for dataset, methods in metrics.items():
+        for method, res in methods.items():
+            notebook = (res.get("recorded") or {}).get("notebook", "(no notebook recorded)")
+            out.setdefault(notebook, []).append((dataset, f"`{method}`", res))
+    return dict(sorted(out.items()))
+
+
+def _provenance(record: dict) -> list[str]:
+    run = record["run"]
+    seconds = run.get("seconds")
+    took = f", {seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else ""
+    params = run.get("parameters") or {}
+    return [f"- command: `{run.get('command')}` (profile `{run.get('profile')}`"
+            + (f", parameters `{json.dumps(params, sort_keys=True)}`" if params else "") + ")",
+            f"- commit `{run.get('commit')}`, {run.get('date')}{took}",
+            f"- machine: {_machine(run.get('machine') or {})}"]
+
+
+def render_results(records: list[dict]) -> str:
+    """``docs/results.md``: every record's provenance and its rows, one table per notebook."""
+    lines = ["# Results", "",
+             "Rendered by `python -m retrieval.run report` from the committed run records under `results/`",
+             "(`python -m retrieval.run record RUN_DIR --name NAME` makes one); do not edit by hand.",
+             "mAP and mP@10 ×100; E/M/H: the revisited protocols' Easy, Medium and Hard.", ""]
+    for record in records:
+        datasets = sorted(record["metrics"])
+        lines += [f"## `{record['name']}` ({', '.join(datasets)})", ""] + _provenance(record) + [""]
+        for notebook, rows in _by_notebook(record["metrics"]).items():
+            lines += [f"### {notebook}", ""] + _table(rows, with_dataset=len(datasets) > 1) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_readme_table(record: dict) -> str:
+    """The README's short table: :data:`README_ROWS` of the ``demo`` record (KeyError naming a missing row)."""
+    rows = []
+    for notebook, method in README_ROWS:
+        found = [(d, m, r) for d, ms in record["metrics"].items() for m, r in ms.items()
+                 if m == method and (r.get("recorded") or {}).get("notebook") == notebook]
+        if not found:
+            raise KeyError(f"results/{record['name']}: no row {method!r} of {notebook} (README_ROWS names it)")
+        rows.append((found[0][0], f"`{method}` ({notebook[:2]})", found[0][2]))
+    run = record["run"]
+    lines = _table(rows, with_dataset=False)
+    return "\n".join(lines + ["", f"From `results/{record['name']}/` (commit `{str(run.get('commit'))[:12]}`, "
+                                  f"{run.get('date', '')[:10]}, {_machine(run.get('machine') or {})}); every row: "
+                                  "`docs/results.md`."]) + "\n"
+
+
+def _with_block(text: str, block: str, where: Path) -> str:
+    start, end = README_MARKS
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: the markers {start} ... {end} are missing")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + block + end + rest.split(end, 1)[1]
+
+
+def render_pages(results_dir: str | os.PathLike = RESULTS) -> dict[Path, str]:
+    """``{page: its rendered text}`` for ``docs/results.md`` and the README (its demo block)."""
+    records = load_records(results_dir)
+    pages = {RESULTS_PAGE: render_results(records)}
+    demo = [r for r in records if r["name"] == "demo"]
+    if demo:
+        pages[README] = _with_block(README.read_text(), render_readme_table(demo[0]), README)
+    return pages
+
+
+def write_pages(results_dir: str | os.PathLike = RESULTS, check: bool = False) -> list[Path]:
+    """Write the rendered pages (``check``: write nothing); returns the pages that differed."""
+    changed = []
+    for path, text in render_pages(results_dir).items():
+        if not path.is_file() or path.read_text() != text:
+            changed.append(path)
+            if not check:
+                atomic_write_bytes(path, text.encode())
+    return changed
