@@ -198,14 +198,14 @@ def load_features(path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def load_vectors(path) -> np.ndarray:
     """Descriptors (N, D) from a ``.npy`` or from a ``.npz`` written by
-    :func:`retrieval.extract.extract_cached` (key ``vecs``)."""
+    :func:`retrieval.extract.extract_vectors_cached` (key ``vecs``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"descriptor file not found: {path}")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             if "vecs" not in z:
-                raise ValueError(f"{path}: expected an array 'vecs' (extract_cached), found {sorted(z)}")
+                raise ValueError(f"{path}: expected an array 'vecs' (extract_vectors_cached), found {sorted(z)}")
             return z["vecs"]
     return np.load(path, allow_pickle=False)
 

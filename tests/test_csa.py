@@ -397,7 +397,7 @@ def test_inference_benchmark_runs_and_agrees(tmp_path):
 
 def test_csa_task_whitens_training_features(tiny_data, tmp_path):
     """``whitening`` is applied to the training descriptors before the lists are built, and
-    ``train_features`` may be an extract_cached .npz."""
+    ``train_features`` may be an extract_vectors_cached .npz."""
     from retrieval.datasets import load_sfm
     from retrieval.datasets.training import CSALists
     from retrieval.io import load_vectors

@@ -10,7 +10,7 @@ from PIL import Image
 
 import retrieval.extract as rx
 from retrieval.datasets import get_test
-from retrieval.extract import ImageList, describe, extract_dataset, extract_vectors
+from retrieval.extract import ImageList, describe, extract_test_set_cached, extract_vectors
 from retrieval.io import load_features, save_features
 from retrieval.metrics import evaluate
 from retrieval.models import build_global_net
@@ -198,7 +198,7 @@ def test_bad_image_size(model, images):
         extract_vectors(model, images[:1], image_size=0, progress=False)
 
 
-# --------------------------------------------------------------------------- extract_dataset
+# --------------------------------------------------------------------------- extract_test_set_cached
 @pytest.fixture(scope="module")
 def dataset(tiny_data):
     return get_test("synth", "tiny", root=tiny_data, progress=False)
@@ -207,7 +207,7 @@ def dataset(tiny_data):
 @pytest.fixture(scope="module")
 def extracted(model, dataset, tmp_path_factory):
     path = tmp_path_factory.mktemp("feat") / "features" / "tiny.npz"
-    query, db, params = extract_dataset(model, dataset, path, image_size=SIZE, batch_size=8,
+    query, db, params = extract_test_set_cached(model, dataset, path, image_size=SIZE, batch_size=8,
                                         progress=False)
     return path, query, db, params
 
@@ -248,18 +248,18 @@ def test_extract_dataset_loads_cached(model, dataset, extracted, monkeypatch):
         raise Called
 
     monkeypatch.setattr(rx, "extract_vectors", boom)
-    q2, d2, p2 = extract_dataset(model, dataset, path, image_size=SIZE, batch_size=3,
+    q2, d2, p2 = extract_test_set_cached(model, dataset, path, image_size=SIZE, batch_size=3,
                                  progress=False)  # batch size is not a parameter of the result
     np.testing.assert_array_equal(q2, query)
     np.testing.assert_array_equal(d2, db)
     assert p2 == params
     # other parameters or overwrite -> extraction runs again
     with pytest.raises(Called):
-        extract_dataset(model, dataset, path, image_size=48, progress=False)
+        extract_test_set_cached(model, dataset, path, image_size=48, progress=False)
     with pytest.raises(Called):
-        extract_dataset(model, dataset, path, image_size=SIZE, scales=(1.0, 0.5), progress=False)
+        extract_test_set_cached(model, dataset, path, image_size=SIZE, scales=(1.0, 0.5), progress=False)
     with pytest.raises(Called):
-        extract_dataset(model, dataset, path, image_size=SIZE, overwrite=True, progress=False)
+        extract_test_set_cached(model, dataset, path, image_size=SIZE, overwrite=True, progress=False)
     # the file was left untouched by the failed calls
     assert load_features(path)[2] == params
 
@@ -267,8 +267,8 @@ def test_extract_dataset_loads_cached(model, dataset, extracted, monkeypatch):
 def test_extract_dataset_reextracts_on_new_size(model, dataset, tmp_path, extracted):
     _, query, db, _ = extracted
     path = tmp_path / "f.npz"
-    extract_dataset(model, dataset, path, image_size=SIZE, progress=False)
-    q48, d48, p48 = extract_dataset(model, dataset, path, image_size=48, progress=False)
+    extract_test_set_cached(model, dataset, path, image_size=SIZE, progress=False)
+    q48, d48, p48 = extract_test_set_cached(model, dataset, path, image_size=48, progress=False)
     assert p48["image_size"] == 48 and load_features(path)[2]["image_size"] == 48
     assert q48.shape == query.shape and d48.shape == db.shape
     assert not np.allclose(d48, db, atol=1e-3)
@@ -294,13 +294,13 @@ def test_extract_dataset_resumes_from_saved_shards(model, dataset, tmp_path, ext
 
     monkeypatch.setattr(rx, "extract_vectors", dies_on_third_db_shard)
     with pytest.raises(Interrupted):
-        extract_dataset(model, dataset, path, image_size=SIZE, shard_size=16, progress=False)
+        extract_test_set_cached(model, dataset, path, image_size=SIZE, shard_size=16, progress=False)
     assert not path.exists()  # nothing that looks complete
     partial = path.with_name(path.name + ".partial")
     assert sorted(p.name for p in partial.glob("db_*.npy")) == ["db_000000000.npy", "db_000000016.npy"]
     calls.clear()
     state["interrupt"] = False
-    q2, d2, _ = extract_dataset(model, dataset, path, image_size=SIZE, shard_size=16, progress=False)
+    q2, d2, _ = extract_test_set_cached(model, dataset, path, image_size=SIZE, shard_size=16, progress=False)
     n_left = dataset.n_db - 32
     assert sum(calls) == n_left  # only the missing shards were extracted
     np.testing.assert_allclose(d2, db, atol=1e-5)
@@ -310,14 +310,14 @@ def test_extract_dataset_resumes_from_saved_shards(model, dataset, tmp_path, ext
 
 def test_extract_dataset_cache_tracks_weights(model, dataset, tmp_path, monkeypatch):
     path = tmp_path / "w.npz"
-    extract_dataset(model, dataset, path, image_size=SIZE, progress=False)
+    extract_test_set_cached(model, dataset, path, image_size=SIZE, progress=False)
     other = copy.deepcopy(model)
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
     assert rx.model_fingerprint(other) != rx.model_fingerprint(model)
     monkeypatch.setattr(rx, "extract_vectors", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("re-extracted")))
     with pytest.raises(RuntimeError, match="re-extracted"):
-        extract_dataset(other, dataset, path, image_size=SIZE, progress=False)
+        extract_test_set_cached(other, dataset, path, image_size=SIZE, progress=False)
 
 
 def test_end_to_end_evaluate(dataset, extracted):
@@ -377,7 +377,7 @@ def test_extract_dataset_multi_resolution_params_and_cache(model, dataset, tmp_p
                                                            monkeypatch):
     _, query, db, params = extracted
     path = tmp_path / "mr.npz"
-    q, d, p = extract_dataset(model, dataset, path, image_size=[SIZE, 48], progress=False)
+    q, d, p = extract_test_set_cached(model, dataset, path, image_size=[SIZE, 48], progress=False)
     assert p["image_size"] == [SIZE, 48] and load_features(path)[2]["image_size"] == [SIZE, 48]
     # the single-int params are unchanged by the option
     assert params["image_size"] == SIZE
@@ -390,13 +390,13 @@ def test_extract_dataset_multi_resolution_params_and_cache(model, dataset, tmp_p
         raise RuntimeError("re-extracted")
 
     monkeypatch.setattr(rx, "extract_vectors", boom)
-    q2, d2, _ = extract_dataset(model, dataset, path, image_size=[SIZE, 48], progress=False)
+    q2, d2, _ = extract_test_set_cached(model, dataset, path, image_size=[SIZE, 48], progress=False)
     np.testing.assert_array_equal(d2, d)
     with pytest.raises(RuntimeError, match="re-extracted"):
-        extract_dataset(model, dataset, path, image_size=[SIZE, 40], progress=False)
+        extract_test_set_cached(model, dataset, path, image_size=[SIZE, 40], progress=False)
     one = tmp_path / "one.npz"
     save_features(one, query, db, params)  # the cache of the int case
-    _, _, p1 = extract_dataset(model, dataset, one, image_size=[SIZE], progress=False)
+    _, _, p1 = extract_test_set_cached(model, dataset, one, image_size=[SIZE], progress=False)
     assert p1 == params
 
 
@@ -415,15 +415,15 @@ def test_multiscale_of_whitened_network_uses_plain_mean():
     torch.testing.assert_close(describe(net, x, (1.0, 0.5)), ref, atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- extract_cached
+# --------------------------------------------------------------------------- extract_vectors_cached
 def test_extract_cached_round_trip_and_invalidation(model, images, tmp_path, monkeypatch):
     path = tmp_path / "train.npz"
-    vecs = rx.extract_cached(model, images, path, image_size=SIZE, progress=False)
+    vecs = rx.extract_vectors_cached(model, images, path, image_size=SIZE, progress=False)
     np.testing.assert_allclose(vecs, rx.extract_vectors(model, images, image_size=SIZE, progress=False), atol=1e-6)
     assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
     boom = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("re-extracted"))  # noqa: E731
     monkeypatch.setattr(rx, "extract_vectors", boom)
-    np.testing.assert_array_equal(rx.extract_cached(model, images, path, image_size=SIZE, progress=False), vecs)
+    np.testing.assert_array_equal(rx.extract_vectors_cached(model, images, path, image_size=SIZE, progress=False), vecs)
     other = copy.deepcopy(model)
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
@@ -431,19 +431,19 @@ def test_extract_cached_round_trip_and_invalidation(model, images, tmp_path, mon
                    dict(model=model, paths=images, image_size=SIZE + 8)):
         kw = dict(image_size=SIZE, progress=False) | kwargs
         with pytest.raises(RuntimeError, match="re-extracted"):
-            rx.extract_cached(kw.pop("model"), kw.pop("paths"), path, **kw)
+            rx.extract_vectors_cached(kw.pop("model"), kw.pop("paths"), path, **kw)
 
 
 def test_extract_cached_rejects_foreign_file(model, images, tmp_path):
     path = tmp_path / "x.npz"
     np.savez(path, other=np.zeros(3))
     with pytest.raises(ValueError, match="x.npz.*vecs"):
-        rx.extract_cached(model, images, path, image_size=SIZE, progress=False)
+        rx.extract_vectors_cached(model, images, path, image_size=SIZE, progress=False)
 
 
 def test_extract_test_matches_extract_dataset(model, dataset, extracted):
     _, query, db, _ = extracted
-    q, d, ms = rx.extract_test(model, dataset, image_size=SIZE, progress=False)
+    q, d, ms = rx.extract_test_set_timed(model, dataset, image_size=SIZE, progress=False)
     np.testing.assert_allclose(q, query, atol=1e-5)
     np.testing.assert_allclose(d, db, atol=1e-5)
     assert ms > 0

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from retrieval.config import ROOT
-from retrieval.extract import extract_dataset, model_fingerprint
+from retrieval.extract import extract_test_set_cached, model_fingerprint
 from retrieval.run import Run, RunLayout
 from retrieval.models import build_global_net, load_model, save_model
 import retrieval.run.notebooks as nbrun
@@ -101,7 +101,7 @@ def test_two_runs_training_the_same_network_name_never_share_descriptors(tmp_pat
     ds = lay1.test_set("synth", "tiny", 0)
     _, query, db = lay1.network_and_descriptors("gem-resnet18", ds, 48, "cpu")
     np.testing.assert_allclose(db, got[1][1], rtol=0, atol=1e-6)
-    ref = extract_dataset(load_model(lay1.paths.trained_network("gem-resnet18")), ds, tmp_path / "ref.npz", image_size=48,
+    ref = extract_test_set_cached(load_model(lay1.paths.trained_network("gem-resnet18")), ds, tmp_path / "ref.npz", image_size=48,
                           progress=False)[1]
     np.testing.assert_allclose(db, ref, rtol=0, atol=1e-6)
 

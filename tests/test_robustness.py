@@ -22,7 +22,7 @@ import retrieval.train as rt
 from retrieval.train.__main__ import main as train_cli
 from retrieval.config import ROOT
 from retrieval.datasets import get_test, load_image, load_revisited, validate_gnd
-from retrieval.extract import extract_dataset, extract_vectors
+from retrieval.extract import extract_test_set_cached, extract_vectors
 from retrieval.io import atomic_save_npy, atomic_write_json, load_features, save_features
 from retrieval.metrics import compute_map, evaluate
 from retrieval.models import build_global_net
@@ -382,7 +382,7 @@ def test_disk_full_at_the_end_of_extraction_keeps_old_features_and_shards(model,
                                                                          monkeypatch):
     _, ds = tiny
     path = tmp_path / "feats.npz"
-    old_q, old_db, _ = extract_dataset(model, ds, path, image_size=SIZE - 8, shard_size=32, progress=False)
+    old_q, old_db, _ = extract_test_set_cached(model, ds, path, image_size=SIZE - 8, shard_size=32, progress=False)
     before = path.read_bytes()
     real_save = rx.save_features
 
@@ -392,7 +392,7 @@ def test_disk_full_at_the_end_of_extraction_keeps_old_features_and_shards(model,
 
     monkeypatch.setattr(rx, "save_features", save_on_full_disk)
     with pytest.raises(OSError, match="No space left"):
-        extract_dataset(model, ds, path, image_size=SIZE, shard_size=32, progress=False)
+        extract_test_set_cached(model, ds, path, image_size=SIZE, shard_size=32, progress=False)
     assert path.read_bytes() == before                           # the previous features, intact
     np.testing.assert_array_equal(load_features(path)[1], old_db)
     partial = path.with_name(path.name + ".partial")
@@ -402,7 +402,7 @@ def test_disk_full_at_the_end_of_extraction_keeps_old_features_and_shards(model,
     monkeypatch.setattr(rx, "save_features", real_save)
     monkeypatch.setattr(os, "fdopen", _REAL_FDOPEN)
     monkeypatch.setattr(rx, "extract_vectors", lambda *a, **k: pytest.fail("extracted again"))
-    q, db, params = extract_dataset(model, ds, path, image_size=SIZE, shard_size=32, progress=False)
+    q, db, params = extract_test_set_cached(model, ds, path, image_size=SIZE, shard_size=32, progress=False)
     assert params["image_size"] == SIZE and db.shape == old_db.shape and not partial.exists()
     assert not np.allclose(db, old_db)                           # the new size's features
 
@@ -416,7 +416,7 @@ EXTRACT_SCRIPT = textwrap.dedent('''
     import torch
     import retrieval.io as rio
     from retrieval.datasets import load_revisited
-    from retrieval.extract import extract_dataset
+    from retrieval.extract import extract_test_set_cached
     from retrieval.models import build_global_net
 
     root, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -433,7 +433,7 @@ EXTRACT_SCRIPT = textwrap.dedent('''
     rio.np.save = dying_save
     torch.manual_seed(0)
     net = build_global_net("resnet18", "gem").eval()
-    extract_dataset(net, load_revisited(root, "synth-tiny"), out, image_size=size, shard_size=16,
+    extract_test_set_cached(net, load_revisited(root, "synth-tiny"), out, image_size=size, shard_size=16,
                     progress=False)
 ''')
 
@@ -460,7 +460,7 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(model, ti
     real = rx.extract_vectors
     monkeypatch.setattr(rx, "extract_vectors", lambda m, paths, **k: calls.append((k["desc"], len(paths)))
                         or real(m, paths, **k))
-    q, db, _ = extract_dataset(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
+    q, db, _ = extract_test_set_cached(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
     assert [c for c in calls if c[0] == "query"] == []            # queries were saved before the kill
     assert sum(n for _, n in calls) == ds.n_db - 32               # only the db shards not finished
     ref_q = real(model, ds.query_paths(), image_size=SIZE, bbxs=ds.bbxs(), progress=False)
@@ -483,14 +483,14 @@ def test_corrupt_or_wrong_shape_shard_is_extracted_again(model, tiny, tmp_path, 
 
     monkeypatch.setattr(rx, "extract_vectors", die_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        extract_dataset(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
+        extract_test_set_cached(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
     partial = out.with_name(out.name + ".partial")
     (partial / "db_000000000.npy").write_bytes(b"\x93NUMPY garbage")          # corrupt
     np.save(partial / "db_000000016.npy", np.zeros((3, 512), np.float32))    # wrong shape
     calls = []
     state["die"] = False
     monkeypatch.setattr(rx, "extract_vectors", lambda m, paths, **k: calls.append(k["desc"]) or real(m, paths, **k))
-    _, db, _ = extract_dataset(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
+    _, db, _ = extract_test_set_cached(model, ds, out, image_size=SIZE, shard_size=16, progress=False)
     assert calls[:2] == ["db 0-16", "db 16-32"] and "query" not in calls
     np.testing.assert_allclose(db, real(model, ds.db_paths(), image_size=SIZE, progress=False), atol=1e-5)
 

@@ -47,7 +47,7 @@ def test_train_global_learns_and_round_trips(root, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     model.eval()
     assert torch.equal(loaded(x), model(x)) and loaded.name == "gem-resnet18"
-    # same meta as the reloaded network (extract_dataset's cache compares it): the learned p, not the initial
+    # same meta as the reloaded network (extract_test_set_cached's cache compares it): the learned p, not the initial
     assert model.meta == loaded.meta and model.meta["p"] != 3.0
 
 

@@ -201,7 +201,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return fingerprint(*(x for name, t in sorted(model.state_dict().items()) for x in (name, str(tuple(t.shape)), t)))
 
 
-def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
+def extract_test_set_cached(model: torch.nn.Module, dataset, path: str | os.PathLike,
                     image_size: int | Sequence[int] = 1024,
                     scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
                     workers: int = 0, overwrite: bool = False, progress: bool = True,
@@ -274,7 +274,7 @@ def extract_dataset(model: torch.nn.Module, dataset, path: str | os.PathLike,
     return query, db, params
 
 
-def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathLike,
+def extract_vectors_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathLike,
                    image_size: int | Sequence[int] = 1024, scales: Sequence[float] = (1.0,),
                    batch_size: int = 16, device: str = "cpu", workers: int = 0, overwrite: bool = False,
                    progress: bool = True, desc: str = "extract", upscale: bool = False) -> np.ndarray:
@@ -303,7 +303,7 @@ def extract_cached(model: torch.nn.Module, paths: Sequence, path: str | os.PathL
     return vecs
 
 
-def extract_test(model: torch.nn.Module, dataset, image_size: int | Sequence[int] = 1024,
+def extract_test_set_timed(model: torch.nn.Module, dataset, image_size: int | Sequence[int] = 1024,
                  scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
                  progress: bool = True, upscale: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Query (cropped to ``bbx``) and db descriptors of a revisited-format ``dataset``, not cached,

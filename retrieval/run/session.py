@@ -11,7 +11,7 @@ from pathlib import Path
 from ..catalog import PUBLISHED
 from ..config import data_dir, smoke
 from ..datasets import REAL_TEST, dataset_name, generate, get_test, load_sfm
-from ..extract import extract_cached, extract_dataset, model_fingerprint
+from ..extract import extract_vectors_cached, extract_test_set_cached, model_fingerprint
 from ..io import atomic_write_json
 from ..models import load_model
 from .layout import RunLayout
@@ -96,18 +96,18 @@ class Run:
     def descriptors(self, model, name: str, dataset, image_size, device: str = "cpu", **extract):
         """Query/db descriptors of any ``model`` under ``name`` in this run, read from
         ``features/<dataset>/<name>-<size>.npz`` when its stored parameters and weights' fingerprint
-        match, else extracted and saved (:func:`~retrieval.extract.extract_dataset`). Returns
+        match, else extracted and saved (:func:`~retrieval.extract.extract_test_set_cached`). Returns
         ``(query (n_q, D), db (n_db, D), params)``; ``params["weights_sha1"]`` is the fingerprint."""
-        return extract_dataset(model, dataset, self.paths.features(dataset.name, name, image_size),
+        return extract_test_set_cached(model, dataset, self.paths.features(dataset.name, name, image_size),
                                image_size=image_size, device=device, **extract)
 
     def train_descriptors(self, model, name: str, split: str, paths, image_size, part: str = "train",
                           device: str = "cpu", tag: str = "", **extract):
         """Descriptors (N, D) of a training split's images ``paths`` by ``model``, cached under this run
-        (:func:`~retrieval.extract.extract_cached`, which checks weights, sizes and paths). Returns
+        (:func:`~retrieval.extract.extract_vectors_cached`, which checks weights, sizes and paths). Returns
         ``(vecs, path)``: the file is what the training tasks take (``train_features=``)."""
         path = self.paths.train_features(split, name, image_size, part, tag)
-        return extract_cached(model, paths, path, image_size=image_size, device=device,
+        return extract_vectors_cached(model, paths, path, image_size=image_size, device=device,
                               desc=f"{split} {part}, {name}", **extract), path
 
     # ------------------------------------------------------------------ learned whitening

@@ -19,7 +19,7 @@ query networks), :mod:`~retrieval.tasks.token` (Token as a landmark classifier),
 
 from .asym import (ASYM_DEFAULTS, ASYM_METHODS, asym_config, asym_distill, gallery_classifier, init_query_net,
                    train_asym, train_subset)
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 from .csa import CSA_DEFAULTS, csa_config, csa_lists, train_csa
 from .global_net import GLOBAL_DEFAULTS, global_config, global_tuples, train_global
 from .projection import PROJECTION_DEFAULTS, projection_config, projection_pairs, train_projection
@@ -29,4 +29,4 @@ __all__ = ["ASYM_DEFAULTS", "ASYM_METHODS", "CSA_DEFAULTS", "GLOBAL_DEFAULTS", "
            "TOKEN_DEFAULTS", "asym_config", "asym_distill", "csa_config", "csa_lists", "gallery_classifier",
            "global_config", "global_tuples", "init_query_net", "make_config", "projection_config",
            "projection_pairs", "task_options", "token_classification", "token_config", "train_asym",
-           "train_csa", "train_global", "train_projection", "train_split", "train_subset", "train_token"]
+           "train_csa", "train_global", "train_projection", "load_train_split", "train_subset", "train_token"]

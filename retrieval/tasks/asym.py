@@ -18,7 +18,7 @@ from ..io import fingerprint, load_vectors
 from ..losses import get_loss
 from ..models import build_query_net, init_projection, load_model, pooled
 from ..train import TrainConfig, fit
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 
 ASYM_METHODS = ("ssp", "regression", "hvs", "lce", "aml")
 
@@ -30,7 +30,7 @@ ASYM_DEFAULTS = dict(
     frozen_bn=None,            # keep the backbone's BatchNorm statistics; None: frozen when starting from weights or init
     head_init=None,            # the projection's start: None, random (the papers); "ridge": the ridge-regression fit of the
     head_ridge=0.1,            # gallery descriptors on the query backbone's own (models.init_projection), with this penalty
-    gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_cached)
+    gallery_features=None,     # (N, D) gallery-network descriptors of the training split: .npy, or .npz (extract_vectors_cached)
     anchors=None,              # SSP: the anchors' .npz (retrieval.anchors, 04_build_anchors)
     train_images=None,         # a fixed seeded subset of that many training images (train_subset); None: all.
                                # gallery_features then holds the subset's descriptors, in train_subset order
@@ -135,10 +135,10 @@ def asym_distill(config: dict):
         raise ValueError(f"method={method!r}: expected one of {ASYM_METHODS}")
     if cfg["gallery_features"] is None:
         raise ValueError("gallery_features: path of the gallery network's descriptors of the training split "
-                         "(.npy, or .npz from extract_cached) is required")
+                         "(.npy, or .npz from extract_vectors_cached) is required")
     init_distributed(cfg["device"])  # under torchrun: one rank renders the data, the others wait
     G = np.ascontiguousarray(load_vectors(cfg["gallery_features"]), dtype=np.float32)
-    split = train_split(cfg)["train"]
+    split = load_train_split(cfg)["train"]
     subset = train_subset(len(split["paths"]), cfg["train_images"], cfg["seed"])
     if G.ndim != 2 or len(G) != len(subset):
         raise ValueError(f"gallery_features {cfg['gallery_features']} holds {G.shape} descriptors but the "

@@ -23,7 +23,7 @@ def make_config(defaults: dict, overrides: dict, what: str) -> dict:
     return cfg
 
 
-def train_split(cfg: dict) -> dict:
+def load_train_split(cfg: dict) -> dict:
     """The SfM-120k-format training data of ``cfg`` (``train_set``, ``preset``, ``root``; root
     default :func:`~retrieval.config.data_dir`) as :func:`~retrieval.datasets.tuples.load_sfm`
     returns it. ``train_set="synth"`` renders the synthetic preset first if needed (under DDP one

@@ -11,10 +11,10 @@ from ..io import fingerprint, load_vectors
 from ..models.csa import build_csa, csa_loss
 from ..models.whitening import Whitening
 from ..train import TrainConfig, fit
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 
 CSA_DEFAULTS = dict(
-    train_features=None,        # (N, D) descriptors of the training split (.npy, or .npz from extract_cached); a list: augmented
+    train_features=None,        # (N, D) descriptors of the training split (.npy, or .npz from extract_vectors_cached); a list: augmented
     whitening=None,             # a saved Whitening (.npz) applied to them first (or a list, one per train_features)
     train_set="synth", preset="default", root=None,
     # K: candidates per list. The authors' --topk 512 counts the query itself (query + 511 candidates),
@@ -48,7 +48,7 @@ def csa_lists(config: dict):
     whitenings = cfg["whitening"] if isinstance(cfg["whitening"], (list, tuple)) else [cfg["whitening"]] * len(files)
     if len(whitenings) != len(files):
         raise ValueError(f"whitening: {len(whitenings)} entries for {len(files)} train_features files")
-    split = train_split(cfg)["train"]
+    split = load_train_split(cfg)["train"]
     labels = split.get("labels", split["cluster"])
     parts = []
     for path, white in zip(files, whitenings):

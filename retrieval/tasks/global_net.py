@@ -11,7 +11,7 @@ from ..extract import extract_vectors
 from ..losses import get_loss
 from ..models import build_global_net
 from ..train import TrainConfig, fit
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 
 GLOBAL_DEFAULTS = dict(
     train_set="synth", preset="default", root=None,  # SfM-120k-format training data under <root>/train
@@ -46,7 +46,7 @@ def global_tuples(config: dict):
     # cirtorch freezes BatchNorm always (it always starts from ImageNet); from random init the
     # statistics must be learned, hence the default
     model.frozen_bn = bool(cfg["weights"] is not None if cfg["frozen_bn"] is None else cfg["frozen_bn"])
-    split = train_split(cfg)["train"]
+    split = load_train_split(cfg)["train"]
     miner = TupleMiner(split, qsize=cfg["qsize"], poolsize=cfg["poolsize"], nnum=cfg["nnum"],
                        seed=cfg["seed"], mode=cfg["mining"])
     device = resolve_device(cfg["device"])

@@ -15,10 +15,10 @@ from ..losses import get_loss
 from ..models.pooling import L2N
 from ..models.whitening import learn_pca_whitening
 from ..train import TrainConfig, fit
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 
 PROJECTION_DEFAULTS = dict(
-    train_features=None,       # (N, D) descriptors of the training split (.npy / extract_cached .npz)
+    train_features=None,       # (N, D) descriptors of the training split (.npy / extract_vectors_cached .npz)
     train_set="synth", preset="default", root=None,
     dim=64, loss="lifted", margin=1.0,  # "lifted" (Oh Song et al. 2016, α = 1) or "pairs" (in-batch contrastive)
     init="pca",                # "pca": start from PCA to `dim` (mean removed); "random"
@@ -42,7 +42,7 @@ def projection_pairs(config: dict):
     if cfg["init"] not in ("pca", "random"):
         raise ValueError(f"init must be 'pca' or 'random', got {cfg['init']!r}")
     X = np.asarray(load_vectors(cfg["train_features"]), np.float32)
-    split = train_split(cfg)["train"]
+    split = load_train_split(cfg)["train"]
     labels = np.asarray(split.get("labels", split["cluster"]))
     if len(labels) != len(X):
         raise ValueError(f"train_features has {len(X)} rows but the training split {len(labels)} images")

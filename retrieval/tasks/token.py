@@ -13,7 +13,7 @@ from ..io import file_hash
 from ..models.checkpoints import read_checkpoint
 from ..models.token import build_token, init_backbone_from_global
 from ..train import TrainConfig, fit
-from .base import make_config, task_options, train_split
+from .base import load_train_split, make_config, task_options
 
 TOKEN_DEFAULTS = dict(
     train_set="synth", preset="default", root=None,
@@ -55,7 +55,7 @@ def token_classification(config: dict):
     cfg = token_config(**{k: v for k, v in config.items() if k in token_config()})
     seed_everything(cfg["seed"])  # the model's initial weights (also under torchrun / the CLI)
     init_distributed(cfg["device"])
-    split = train_split(cfg)["train"]
+    split = load_train_split(cfg)["train"]
     labels, n_classes = _class_labels(split)
     model = build_token(cfg["backbone"], cfg["dim"], cfg["tokens"], cfg["heads"], cfg["encoder_layers"],
                         cfg["decoder_layers"], cfg["outputdim"], classes=n_classes, loss=cfg["loss"],
