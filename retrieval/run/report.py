@@ -9,6 +9,7 @@ every record under ``results/``. No results number in the docs is typed by hand:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -24,12 +25,18 @@ RESULTS = ROOT / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
 README_MARKS = ("<!-- results:demo:start -->", "<!-- results:demo:end -->")
-# the README's short table: (notebook, method) rows of the demo record, in this order
+# the README's short table: (notebook, method) rows of the demo record, in this order; a method is a glob
+# pattern (fnmatch), and where several rows match, the shortest name is taken (the first stage's "+dba",
+# not "+alpha_qe+dba")
 README_ROWS = (("01_extract_features", "gem-efficientnet_lite0-untrained"),
                ("01_extract_features", "gem-efficientnet_lite0-imagenet"),
                ("02_train_global", "gem-efficientnet_lite0"),
-               ("02_train_global", "gem-efficientnet_lite0+lw"),
-               ("03_rerank", "+aqe"), ("03_rerank", "+dba"), ("03_rerank", "+superglobal"), ("03_rerank", "+csa"))
+               ("02_train_global", "gem-efficientnet_lite0+lw-shrink*"),
+               ("03_rerank", "*+aqe"), ("03_rerank", "*+dba"), ("03_rerank", "*+diffusion"),
+               ("03_rerank", "*+superglobal"), ("03_rerank", "*+csa"),
+               ("05_asymmetric", "ssp-efficientnet_lite0->gem-efficientnet_lite0"),
+               ("06_train_token", "token-efficientnet_lite0"),
+               ("07_dir_experiments", "rmac@80+160+240"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -124,12 +131,14 @@ def render_results(records: list[dict]) -> str:
 def render_readme_table(record: dict) -> str:
     """The README's short table: :data:`README_ROWS` of the ``demo`` record (KeyError naming a missing row)."""
     rows = []
-    for notebook, method in README_ROWS:
-        found = [(d, m, r) for d, ms in record["metrics"].items() for m, r in ms.items()
-                 if m == method and (r.get("recorded") or {}).get("notebook") == notebook]
+    for notebook, pattern in README_ROWS:
+        found = sorted(((len(m), m, d, r) for d, ms in record["metrics"].items() for m, r in ms.items()
+                        if fnmatch.fnmatchcase(m, pattern) and (r.get("recorded") or {}).get("notebook") == notebook),
+                       key=lambda x: x[:2])
         if not found:
-            raise KeyError(f"results/{record['name']}: no row {method!r} of {notebook} (README_ROWS names it)")
-        rows.append((found[0][0], f"`{method}` ({notebook[:2]})", found[0][2]))
+            raise KeyError(f"results/{record['name']}: no row {pattern!r} of {notebook} (README_ROWS names it)")
+        _, method, dataset, res = found[0]
+        rows.append((dataset, f"`{method}` ({notebook[:2]})", res))
     run = record["run"]
     lines = _table(rows, with_dataset=False)
     return "\n".join(lines + ["", f"From `results/{record['name']}/` (commit `{str(run.get('commit'))[:12]}`, "

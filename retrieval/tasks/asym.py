@@ -222,10 +222,10 @@ def train_asym(config: dict):
     cfg = asym_config(**config)
     seed_everything(cfg["seed"])
     model, data, loss_fn = asym_distill(cfg)
-    data = [np.ascontiguousarray(load_vectors(cfg["gallery_features"]), np.float32)]
+    hashed = [np.ascontiguousarray(load_vectors(cfg["gallery_features"]), np.float32)]
     if cfg["method"] == "ssp":
-        data.append(load_anchors(cfg["anchors"]).centroids)
-    task = dict(task_options(cfg, ASYM_DEFAULTS, ("root", "gallery_features", "anchors")), data_sha1=fingerprint(*data))
+        hashed.append(load_anchors(cfg["anchors"]).centroids)
+    task = dict(task_options(cfg, ASYM_DEFAULTS, ("root", "gallery_features", "anchors")), data_sha1=fingerprint(*hashed))
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
     model.meta["trained"] = True
     return model.eval(), history
