@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .io import load_arrays, save_arrays
 from .search import exact_search, search
@@ -28,7 +29,7 @@ MIN_POINTS_PER_CENTROID = 39  # faiss's own threshold for its "please provide mo
 
 
 def _faiss():
-    import faiss
+    import faiss  # lazy: optional package
 
     return faiss
 
@@ -161,7 +162,7 @@ def centroid_usage(pq, X: np.ndarray) -> np.ndarray:
 def recall_at_k(ranks: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Mean over queries of |top-k(ranks) ∩ top-k(exact)| / k (faiss's intersection measure);
     ``ranks`` and ``exact`` (≥ k, n_q) db indices as :mod:`retrieval.search` returns them."""
-    from faiss.contrib.evaluation import knn_intersection_measure
+    from faiss.contrib.evaluation import knn_intersection_measure  # lazy: optional package
 
     ranks, exact = np.asarray(ranks), np.asarray(exact)
     if ranks.ndim != 2 or exact.ndim != 2 or ranks.shape[1] != exact.shape[1]:
@@ -188,7 +189,6 @@ def code_size_sweep(train: np.ndarray, query: np.ndarray, db: np.ndarray, Ms=(8,
     relative quantisation error of ``db`` by a quantiser trained on ``train``, and the recall@k
     against exact search of ``query`` in ``db`` of exhaustive PQ (``recall_pq``) and of IVF-PQ with
     ``nlist`` cells, ``nprobe`` visited (``recall_ivfpq``), both trained on ``train``."""
-    from tqdm.auto import tqdm
 
     rows = []
     for M in tqdm(list(Ms), desc="code sizes", disable=not progress):

@@ -19,7 +19,7 @@ def _images(model, paths: Sequence, image_size: int):
 def plot_token_attention(model, paths: Sequence, image_size: int, device: str = "cpu"):
     """One row per image of ``paths``: the image, then each token's attention map (bilinearly
     upsampled, 0..1 colour scale) over it. Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     tokens = int(model.meta["tokens"])
     fig, axes = plt.subplots(len(paths), tokens + 1, figsize=(2.2 * (tokens + 1), 2.0 * len(paths)), squeeze=False)

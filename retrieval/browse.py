@@ -14,18 +14,18 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .config import data_dir
+from .datasets import load_revisited
 from .metrics import ALL_PROTOCOLS
 from .run.store import list_ranks, load_ranks
 from .viz import RESULT_COLOURS, result_labels, short_names, thumbnail
-from .datasets import load_revisited
 
 
 def framed_png(path: str | os.PathLike, colour: str, size: int = 160, border: int = 5, bbx=None) -> bytes:
     """PNG bytes of the image's thumbnail (longer side ``size`` px) inside a ``border``-px frame of
     ``colour``; ``bbx`` = [x1, y1, x2, y2] in original pixels is outlined in the query colour."""
-    from PIL import Image, ImageDraw
 
     img = Image.fromarray(np.asarray(thumbnail(str(path), size)))
     if bbx is not None:
@@ -69,7 +69,7 @@ class ResultBrowser:
     def __init__(self, run_dir: str | os.PathLike, dataset: str | None = None, method_a: str | None = None,
                  method_b: str | None = None, protocol: str | None = None, k: int = 10, thumb: int = 128,
                  data_root: str | os.PathLike | None = None):
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: JupyterLab only
 
         self.run_dir, self.thumb, self._data_root = Path(run_dir), int(thumb), data_root
         self.available = list_ranks(run_dir)
@@ -186,7 +186,7 @@ class ResultBrowser:
     # ------------------------------------------------------------------ drawing
     def render(self) -> None:
         """Redraw the query and both lists for the current control values."""
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: JupyterLab only
 
         if getattr(self, "_hold", False) or self.query.value is None:
             return
@@ -207,7 +207,7 @@ class ResultBrowser:
         self.detail.children = []
 
     def _tiles(self, ds, run: dict, q: int, k: int, protocol: str) -> list:
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: JupyterLab only
 
         ids = run["ranks"][:k, q]
         tiles = []
@@ -231,7 +231,7 @@ class ResultBrowser:
 
     def show(self, i: int, label: str | None = None) -> None:
         """Show db image ``i`` larger with its rank in both lists (a click on a result's caption)."""
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: JupyterLab only
 
         ds = self.test_dataset(self.dataset.value)
         a, b = self.current()
@@ -243,7 +243,6 @@ class ResultBrowser:
             ranks.append(f"{name}: rank {r}" if r else f"{name}: not in the top {run['ranks'].shape[0]}")
         text = w.HTML(f"<b>db {i}</b> ({ds.imlist[i]}) · {label} for query {q} · " + " · ".join(ranks))
         png = framed_png(ds.db_paths()[i], RESULT_COLOURS[label], 2 * self.thumb + 64, border=6)
-        from PIL import Image
 
         width = Image.open(io.BytesIO(png)).size[0]
         big = w.Image(value=png, format="png", layout=w.Layout(width=f"{width}px"))  # not stretched
@@ -253,7 +252,7 @@ class ResultBrowser:
 def browse(run_dir: str | os.PathLike = "runs/demo", **kwargs):
     """Open the result browser on ``run_dir`` (see :class:`ResultBrowser` for the options); returns
     the :class:`ResultBrowser`, whose ``.widget`` a notebook cell displays."""
-    from IPython.display import display
+    from IPython.display import display  # lazy: JupyterLab only
 
     app = ResultBrowser(run_dir, **kwargs)
     display(app.widget)

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from .config import data_dir
 from .io import file_hash
 
@@ -194,7 +196,6 @@ def torchvision_weights_path(backbone: str) -> Path:
     """Where torchvision keeps the ImageNet weights of ``backbone``: ``<torch hub dir>/checkpoints/``."""
     if backbone not in TORCHVISION_WEIGHTS:
         raise ValueError(f"no ImageNet weights listed for {backbone!r}; known: {sorted(TORCHVISION_WEIGHTS)}")
-    import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS[backbone].filename
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ def resolve_device(device: str = "auto") -> str:
     device when CUDA is available, else ``cpu``; ``cuda`` → ``cuda:N`` with N = ``LOCAL_RANK`` under
     torchrun, else the current CUDA device; ``cuda:N`` and ``cpu`` are checked and returned.
     (``torch.cuda.set_device`` and DDP's ``device_ids`` reject a CUDA device without an index.)"""
-    import torch
+    import torch  # lazy: after tune_malloc
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,7 +73,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
-    import torch
+    import torch  # lazy: after tune_malloc
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -128,8 +130,6 @@ def tune_malloc() -> bool:
     The same fix as preloading jemalloc / tcmalloc, without a system library. Skipped when
     ``$RETRIEVAL_MALLOC`` is ``default``, a glibc ``MALLOC_*`` / ``GLIBC_TUNABLES`` variable is set, or an
     allocator is preloaded."""
-    import ctypes
-    import sys
 
     if os.environ.get(MALLOC_ENV, "").strip() == "default" or not sys.platform.startswith("linux"):
         return False

@@ -54,7 +54,7 @@ BACKENDS = ("auto", "torch", "faiss")
 def _has_faiss() -> bool:
     """Whether the faiss package imports (it is optional for exact search: torch answers without it)."""
     try:
-        import faiss  # noqa: F401
+        import faiss  # lazy: optional package
     except ImportError:
         return False
     return True
@@ -76,7 +76,7 @@ def _faiss_topk(query: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, 
     """Top-k by ``faiss.knn`` with :func:`exact_search`'s tie rule: k + 1 are fetched, each row is
     ordered by (score desc, index asc), and rows whose k-th and (k+1)-th scores tie (where faiss may
     have kept a higher index) are searched again by the torch path. Returns (n_q, k) ids and scores."""
-    import faiss
+    import faiss  # lazy: optional package
 
     n_db = db.shape[0]
     kk = min(k + 1, n_db)
@@ -174,7 +174,7 @@ def faiss_index(db: np.ndarray, index: str = "flat", nlist: int | None = None, m
     (``gpu=None``; ``make env-gpu``); ``pq`` stays on the CPU (faiss has no GPU flat-PQ
     index). With several GPUs, every GPU holds the index (faiss ``IndexReplicas``: queries split
     across GPUs) or, with ``shard=True``, a slice of the db (``IndexShards``: a db too large for one)."""
-    import faiss
+    import faiss  # lazy: optional package
 
     db = np.ascontiguousarray(db, np.float32)
     n, dim = db.shape
@@ -227,7 +227,7 @@ GPU_K_MAX = 2048   # faiss GPU indexes return at most 2,048 neighbours (k) per q
 
 
 def _on_gpu(index) -> bool:
-    import faiss
+    import faiss  # lazy: optional package
 
     gpu_types = tuple(getattr(faiss, t) for t in ("GpuIndex", "IndexShards", "IndexReplicas") if hasattr(faiss, t))
     return hasattr(faiss, "GpuIndex") and isinstance(index, gpu_types)
@@ -238,7 +238,7 @@ def index_search(index, query: np.ndarray, k: int, k_max: int = GPU_K_MAX) -> tu
     a GPU index asked for more than ``k_max`` neighbours is copied to the CPU and searched there
     (same index, same results; the k <= ``k_max`` case stays on the GPU)."""
     if k > k_max and _on_gpu(index):
-        import faiss
+        import faiss  # lazy: optional package
 
         index = faiss.index_gpu_to_cpu(index)
     return index.search(query, k)
@@ -297,7 +297,7 @@ def asmk_index(train_vecs: np.ndarray, db_vecs: np.ndarray, db_imids: np.ndarray
     """Train the codebook on ``train_vecs`` (M, d) (training-split descriptors) and index the db's
     local descriptors ``db_vecs`` (M', d) with image ids ``db_imids`` (ascending, 0..n_db−1, every
     image present). Returns the ``asmk.ASMKMethod``."""
-    from asmk import asmk_method
+    from asmk import asmk_method  # lazy: optional package
 
     params = params or asmk_params()
     train_vecs = np.ascontiguousarray(train_vecs, np.float32)

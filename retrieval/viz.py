@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .datasets.images import load_image, resize_longer
 from .io import atomic_write
@@ -35,8 +36,8 @@ def show_examples(dataset, query: int = 0, per_label: int = 3, seed: int = 0):
 
     Returns the matplotlib figure: one row per query of ``query`` (int or list of ints).
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt  # lazy: figures only
+    from matplotlib.patches import Rectangle  # lazy: figures only
 
     queries = [query] if np.isscalar(query) else list(query)
     rng = np.random.default_rng(seed)
@@ -77,7 +78,7 @@ _PROTOCOL_COLOURS = {"easy": "#2ca02c", "medium": "#ff7f0e", "hard": "#d62728", 
 def plot_per_query_ap(aps: dict, title: str = ""):
     """Per-query AP (×100) for each protocol, queries sorted by Medium AP (or by the first protocol
     given, e.g. ``classic``). ``aps``: protocol → (n_q,) array (NaN for queries without positives)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     fig, ax = plt.subplots(figsize=(8, 2.8))
     key = "medium" if "medium" in aps else next(iter(aps))
@@ -99,7 +100,7 @@ def plot_per_query_ap(aps: dict, title: str = ""):
 def plot_map_bars(results: dict, title: str = ""):
     """Grouped bars of mAP ×100 per method, one bar per protocol present (E/M/H, or classic on
     Oxford5k/Paris6k). ``results``: method → evaluate() dict."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     names = list(results)
     x = np.arange(len(names))
@@ -122,7 +123,7 @@ def plot_centroid_usage(usage, title: str = ""):
     """How a product quantiser's centroids are used: ``usage`` (M, K) counts of vectors per
     centroid (:func:`retrieval.anchors.centroid_usage`). Left: histogram of the counts over all
     M·K centroids (empty ones counted); right: each sub-space's counts sorted, median and range."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     usage = np.asarray(usage)
     M, K = usage.shape
@@ -147,7 +148,7 @@ def plot_centroid_usage(usage, title: str = ""):
 def plot_code_size(rows: list, k: int, title: str = ""):
     """Recall@k against exact search and quantisation error vs code size. ``rows``: dicts with
     ``bytes`` (per vector), ``relative_error`` and recall keys ``recall_<index>`` (e.g. pq, ivfpq)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     rows = sorted(rows, key=lambda r: r["bytes"])
     x = [r["bytes"] for r in rows]
@@ -174,7 +175,7 @@ def plot_code_size(rows: list, k: int, title: str = ""):
 def plot_histories(histories: dict, title: str = ""):
     """Training curves of several runs side by side (their losses have different scales): one
     panel per name with the mean training loss per epoch. ``histories``: name → fit() history."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     n = len(histories)
     cols = min(n, 5)
@@ -201,7 +202,7 @@ def plot_pr_curves(curves: dict, marks: dict | None = None, title: str = ""):
     ``marks``: name → {"precision", "recall", "threshold"} (:func:`~retrieval.neardup.threshold_at_precision`),
     drawn as a dot labelled with its threshold.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for name, (p, r) in curves.items():
@@ -269,14 +270,13 @@ def pick_queries(ap_a, ap_b, n_gain: int = 3, n_loss: int = 3, n_random: int = 2
 
 
 def _query_cell(ax, dataset, q: int, thumb: int, label: str) -> None:
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # lazy: figures only
 
     path = dataset.query_paths()[q]
     img = thumbnail(str(path), thumb)
     ax.imshow(img)
     bbx = dataset.gnd[q].get("bbx")
     if bbx is not None:
-        from PIL import Image
 
         with Image.open(path) as im:  # header only: the scale of the box on the thumbnail
             s = img.shape[1] / im.size[0]
@@ -310,7 +310,7 @@ def _result_cells(axes, dataset, q: int, ranks, scores, protocol: str, thumb: in
 def _grid_axes(n_rows: int, k: int, aspect: float = 0.75, thumb_in: float = 0.72, pair_gap: bool = False):
     """Figure with ``n_rows`` rows of 1 + k image cells of ``thumb_in`` inches width and
     ``aspect`` (height / width), room for a caption under each and a label left of each row."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     heights = [1.0] * n_rows
     if pair_gap:  # a thin empty row between consecutive pairs
@@ -327,7 +327,6 @@ def _grid_axes(n_rows: int, k: int, aspect: float = 0.75, thumb_in: float = 0.72
 
 def _aspect(dataset, queries) -> float:
     """Median height / width of the queries' images (header reads only)."""
-    from PIL import Image
 
     ratios = []
     for q in list(queries)[:8]:

@@ -230,3 +230,27 @@ def test_long_files_say_why():
             bad.append(f"{path.relative_to(PACKAGE.parent)} ({n} lines)")
     assert not bad, (f"files over {MAX_LINES} lines without a line starting with {LONG_REASON!r} in their "
                      "module docstring:\n" + "\n".join(bad))
+
+
+# packages a function may import on use (optional, or slow to import and needed by few paths), each such
+# import line saying why with a "# lazy:" comment; torch only in config (imported after tune_malloc)
+LAZY_OK = {"faiss", "matplotlib", "papermill", "nbformat", "yaml", "asmk", "ipywidgets", "IPython", "skimage",
+           "timm", "torchvision", "playwright"}
+
+
+def test_lazy_imports_are_optional_packages_and_say_so():
+    bad = []
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        tree = ast.parse(text, str(path))
+        top = set(map(id, _module_level_imports(tree)))
+        for node in _all_imports(tree):
+            if id(node) in top or getattr(node, "level", 0):
+                continue
+            root = (node.names[0].name if isinstance(node, ast.Import) else node.module).split(".")[0]
+            allowed = root in LAZY_OK or (root == "torch" and module == "retrieval.config")
+            if not allowed or "# lazy:" not in lines[node.lineno - 1]:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not bad, ("imports inside functions that are not optional packages, or lack a '# lazy:' reason "
+                     "(move them to the top):\n" + "\n".join(bad))

@@ -38,13 +38,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..catalog import CAFFE_FEATURES, PUBLISHED, TORCHVISION_WEIGHTS
 from ..config import data_dir
 from ..io import atomic_write_json, file_hash
 from ..models.checkpoints import load_caffe_features, load_published
 from ..models.global_net import build_global_net
-from .fetch import (ChecksumError, ChecksumRegistry, DownloadError, IncompleteDownload, check_hash, extract_archive, fetch,
-                    fetch_md5, mirrored)
+from .fetch import (ChecksumError, ChecksumRegistry, DownloadError, IncompleteDownload, check_hash, extract_archive,
+                    fetch, fetch_md5, mirrored)
 from .revisited import load_revisited
 from .tuples import load_sfm
 
@@ -213,7 +215,6 @@ def parse_parts(spec: str | int | list | tuple | None, available: tuple[int, ...
 # --------------------------------------------------------------------------- resources
 def _base(f: RemoteFile, root: Path) -> Path:
     if f.base == "hub":
-        import torch
 
         return Path(torch.hub.get_dir())
     return root

@@ -22,6 +22,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..io import atomic_write_json, file_hash
 
 CHUNK = 1 << 20
@@ -97,7 +99,6 @@ def _total_from_range(value: str | None) -> int | None:
 
 def _transfer(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
     """Fetch ``url`` into ``part``, continuing from its current size with a Range request."""
-    from tqdm.auto import tqdm
 
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
@@ -231,7 +232,6 @@ def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, flatten
     archive read cleanly, so a truncated or corrupt archive leaves ``into`` as it was
     (:class:`DownloadError` naming the archive). Absolute paths, ``..`` and links are refused.
     """
-    from tqdm.auto import tqdm
 
     archive, into = Path(archive), Path(into)
     into.mkdir(parents=True, exist_ok=True)

@@ -60,12 +60,12 @@ def frames_name(cfg: FramesConfig) -> str:
 
 def source_photos() -> dict[str, np.ndarray]:
     """The source photos as RGB uint8 arrays (H, W, 3), by name (sorted, deterministic)."""
-    import matplotlib.cbook
+    import matplotlib.cbook  # lazy: figures only
 
     photos = {}
     for name in SKIMAGE_PHOTOS:
         if name == "stereo_motorcycle":
-            import skimage.data
+            import skimage.data  # lazy: rendering only
 
             photos[name] = np.ascontiguousarray(skimage.data.stereo_motorcycle()[0][..., :3])
         else:

@@ -38,7 +38,9 @@ order and those hooks would be spread over several files without making any part
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
+import io
 import json
 import math
 import multiprocessing as mp
@@ -52,9 +54,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from ..config import data_dir
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_pickle
 from .tuples import cid2filename
-from ..config import data_dir
 
 FORMAT_VERSION = 1
 MURAL_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -121,7 +123,7 @@ def make_config(preset: str = "default", difficulty: float = 1.0, seed: int = 0)
 @lru_cache(maxsize=None)
 def asset(name: str) -> np.ndarray:
     """The scikit-image sample photo ``name`` (``skimage.data.<name>()``) as uint8 RGB (H, W, 3), cached."""
-    import skimage.data
+    import skimage.data  # lazy: rendering only
 
     im = np.asarray(getattr(skimage.data, name)())
     if im.dtype == bool:
@@ -132,7 +134,6 @@ def asset(name: str) -> np.ndarray:
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    import colorsys
 
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
 
@@ -637,7 +638,6 @@ def _render_job(args) -> dict:
     img, geo = render_view(seed, key, view_id, mode, width, height, difficulty)
     geo.update(landmark=key, view=view_id, mode=mode,
                label=label_view(geo) if key is not None else None)
-    import io
 
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=geo["quality"])

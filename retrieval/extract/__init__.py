@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -21,10 +22,10 @@ from tqdm.auto import tqdm
 
 from ..datasets.images import prepare_image
 from ..distributed import barrier, is_main, rank, world
-from ..models.functional import max_over_scales
-from ..models.pooling import MAX_OVER_SCALES
 from ..io import (atomic_save_npy, atomic_write_json, fingerprint, jsonable, load_arrays, load_features, read_json,
                   save_arrays, save_features)
+from ..models.functional import max_over_scales
+from ..models.pooling import MAX_OVER_SCALES
 
 DEFAULT_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)
 #: the preprocessing rule recorded in every feature file's parameters (caches of another rule are not reused)
@@ -308,7 +309,6 @@ def extract_test_set_timed(model: torch.nn.Module, dataset, image_size: int | Se
                  progress: bool = True, upscale: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Query (cropped to ``bbx``) and db descriptors of a revisited-format ``dataset``, not cached,
     and the wall-clock extraction cost in ms per image. Returns ``(query, db, ms_per_image)``."""
-    import time
 
     common = dict(image_size=image_size, scales=scales, batch_size=batch_size, device=device, progress=progress,
                   upscale=upscale)

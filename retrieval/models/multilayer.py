@@ -10,13 +10,13 @@ offline (:func:`retrieval.models.whitening.learn_pca_whitening`). Stages are nam
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .backbones import trunk_blocks
-from .functional import l2n
+from .functional import l2n, max_over_scales
 from .pooling import build_pooling
-from .functional import max_over_scales
 
 #: ResNet stage names → index in the ``features`` Sequential of :func:`build_backbone`
 #: (conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4)
@@ -114,7 +114,6 @@ def select_layers(v, meta: dict, layers, dims=None):
     L2-normalised pooled vector, so the selected blocks, concatenated and L2-normalised, equal what
     a net with only ``layers`` (same weights) would give — one extraction serves every subset.
     ``dims``: channels per stage of ``meta['layers']`` (default ``meta['stage_dims']``)."""
-    import numpy as np
 
     have = list(meta["layers"])
     dims = list(dims if dims is not None else meta["stage_dims"])
@@ -172,7 +171,6 @@ def select_pooling(v, meta: dict, pooling: str):
     """The ``pooling`` block (N, C) of :class:`MultiPoolNet` descriptors ``v`` (N, k·C), array or
     tensor, L2-normalised: exactly that pooling's descriptor at one scale (after a multi-scale
     combination, the block's mean over scales)."""
-    import numpy as np
 
     names = list(meta["poolings"])
     if pooling not in names:

@@ -12,9 +12,11 @@ transformation into the gallery space (LCE).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .functional import l2n
 from .global_net import GlobalNet, build_global_net
@@ -96,7 +98,6 @@ def ridge_projection(X, Y, ridge: float = 0.1):
     not penalised): ``X`` (N, D_in), ``Y`` (N, D_out); returns ``W`` (D_out, D_in) and ``b`` (D_out,)
     as float32, in the layout of ``nn.Linear``. Solved in float64 through the normal equations of
     the centred data."""
-    import numpy as np
 
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
     if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y) or len(X) == 0:
@@ -164,7 +165,6 @@ def complexity(model: nn.Module, height: int, width: int) -> dict:
     training-only head left out) and ``mflops``, MFLOPs of one forward pass of a (1, 3, height,
     width) image as counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
     multiply-add, convolutions and matrix products; many papers quote multiply-adds instead)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be positive, got {height} x {width}")

@@ -10,13 +10,14 @@ Exact lists (:func:`~retrieval.rerank.db_neighbours`) cost O(n_db² D): hours at
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..io import fingerprint, load_arrays, save_arrays
-from .base import checked_db, checked_int, db_neighbours
 from ..search import exact_search
+from .base import checked_db, checked_int, db_neighbours
 
 # per method, the parameters that define a graph (and key its cache); None: chosen from n_db
 GRAPH_DEFAULTS = {"hnsw": dict(M=32, ef_construction=80, ef_search=128),
@@ -31,7 +32,7 @@ def db_fingerprint(db: np.ndarray, block: int = 1 << 16) -> str:
 
 def _graph_index(db: np.ndarray, k: int, method: str, params: dict):
     """A faiss index over ``db`` ready to search for ``k`` + 1 neighbours."""
-    import faiss
+    import faiss  # lazy: optional package
 
     n, dim = db.shape
     if method == "hnsw":
@@ -110,7 +111,6 @@ def cached_neighbours(db: np.ndarray, k: int, path: str | os.PathLike, recall_sa
     and the recall measured on ``recall_sample`` rows; a stored graph is reused only when all of them
     match (a graph with more neighbours serves a smaller k: its first k columns). Returns
     ``(nbr, sim, info)``."""
-    import time
 
     if method not in GRAPH_DEFAULTS:
         raise ValueError(f"method={method!r}: expected one of {sorted(GRAPH_DEFAULTS)}")

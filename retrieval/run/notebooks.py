@@ -26,7 +26,7 @@ def route_parameters(parameters: dict, selected: list[Path]) -> dict[str, dict]:
     """``{notebook name: the parameters it declares}``: a parameter goes only to the notebooks whose
     parameters cell has it (so ``-p image_size 160`` reaches every notebook with a test image size
     and nothing else); ValueError for a parameter no selected notebook has."""
-    import papermill as pm
+    import papermill as pm  # lazy: notebook runner only
 
     declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in selected}
     unknown = sorted(k for k in parameters if not any(k in names for names in declared.values()))
@@ -46,7 +46,7 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
     of ``parameters`` it declares (:func:`route_parameters`). When every notebook ran, ``<run_dir>/run.json``
     records where the numbers come from (:func:`~retrieval.run.provenance.provenance`: machine, commit,
     date, ``command``, profile, parameters, notebooks, seconds)."""
-    import papermill as pm
+    import papermill as pm  # lazy: notebook runner only
 
     run_dir = resolve(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def store_check_outputs(run_dir: str | os.PathLike = "runs/smoke") -> list[Path]
 
     Run after changing what a checked cell prints: ``python -m retrieval.run store-checks``.
     """
-    import nbformat
+    import nbformat  # lazy: notebook runner only
 
     changed = []
     for nb_path in notebooks():

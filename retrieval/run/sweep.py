@@ -25,6 +25,7 @@ Parameter values are checked against the notebook's parameters cell before anyth
 
 from __future__ import annotations
 
+import ast
 import csv
 import html
 import io
@@ -34,6 +35,8 @@ import os
 import re
 import time
 from pathlib import Path
+
+import numpy as np
 
 from ..config import PROFILE_ENV, check_parameters, resolve
 from ..io import atomic_write_bytes, atomic_write_json, fingerprint, read_json
@@ -86,7 +89,7 @@ def combo_name(params: dict) -> str:
 
 def notebook_defaults(notebook: str | os.PathLike, profile: str = "full") -> dict:
     """The values the notebook's cell tagged ``parameters`` assigns, evaluated under ``profile``."""
-    import nbformat
+    import nbformat  # lazy: notebook runner only
 
     nb = nbformat.read(str(notebook), 4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -102,7 +105,6 @@ def notebook_defaults(notebook: str | os.PathLike, profile: str = "full") -> dic
             os.environ.pop(PROFILE_ENV, None)
         else:
             os.environ[PROFILE_ENV] = before
-    import ast
 
     names = [t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name)]
@@ -111,7 +113,7 @@ def notebook_defaults(notebook: str | os.PathLike, profile: str = "full") -> dic
 
 def load_grid_file(path: str | os.PathLike) -> dict:
     """A grid YAML file (see the module docstring), checked."""
-    import yaml
+    import yaml  # lazy: grid files only
 
     path = Path(path)
     try:
@@ -133,8 +135,8 @@ def run_grid(notebook: str | os.PathLike, grid: dict | list[dict], out: str | os
     """Run ``notebook`` once per combination of ``grid`` (see the module docstring); returns
     ``{"rows": [...], "done": [...], "failed": {name: error}, "skipped": [...], "out": Path}``
     after writing the summary files."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    import papermill as pm  # lazy: notebook runner only
+    from papermill.exceptions import PapermillExecutionError  # lazy: notebook runner only
 
     notebook = resolve(notebook)
     if not notebook.is_file():
@@ -270,11 +272,10 @@ def write_summary(out: Path, rows: list[dict], notebook: Path, profile: str, fai
 
 
 def _plot(path: Path, rows: list[dict], title: str) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: figures only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # lazy: figures only
 
     colours = {"E": "#8fbc8f", "M": "#4682b4", "H": "#b22222", "classic": "#9467bd"}
     scored = [r for r in rows if any(r.get(c) is not None for c in colours)]

@@ -128,8 +128,8 @@ def to_device(batch, device: torch.device):
 # --------------------------------------------------------------------------- figure
 def plot_history(history: list[dict]):
     """Mean loss and learning rate per epoch (a matplotlib Figure on the Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: figures only
+    from matplotlib.figure import Figure  # lazy: figures only
 
     fig = Figure(figsize=(8, 2.8))
     FigureCanvasAgg(fig)
