@@ -9,8 +9,6 @@ it skipped and why, and writes a JSON with ``machine``, the raw figures and ``ta
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import resource
 import sys
@@ -24,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the package is importable
     sys.path.insert(0, str(ROOT))
 
+from retrieval.run.provenance import machine as run_machine  # noqa: E402  (after the path above)
+
 
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
@@ -33,30 +33,18 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def machine() -> dict:
-    """CPU model and cores (from /proc/cpuinfo), threads, GPU and library versions."""
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        model = m.group(1).strip() if m else model
-    except OSError:
-        pass
+    """:func:`retrieval.run.provenance.machine` (CPU model, cores, RAM, library versions) with the GPU as
+    ``cuda``, the widest SIMD the CPU has, and the faiss version (None without faiss)."""
+    info = run_machine()
+    info["cuda"] = info.pop("gpu")
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    simd = "avx512f" if " avx512f" in flags else "avx2" if " avx2" in flags else "?"
-    info = dict(cpu=model, cores=os.cpu_count(), simd=simd, torch_threads=torch.get_num_threads(),
-                python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
-                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    info["simd"] = "avx512f" if " avx512f" in flags else "avx2" if " avx2" in flags else "?"
     try:
         import faiss
         info["faiss"] = faiss.__version__
         info["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     except ImportError:
         info["faiss"] = None
-    mem = Path("/proc/meminfo")
-    if mem.exists():
-        kb = int(re.search(r"MemTotal:\s+(\d+)", mem.read_text()).group(1))
-        info["ram_gib"] = round(kb / 2**20, 1)
     return info
 
 

@@ -581,22 +581,12 @@ def part_extract(ctx: Context) -> dict:
 
 
 # --------------------------------------------------------------------------- 4. exact search
-def numpy_topk_sets(q: np.ndarray, db: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
-    """(k, n_q) ids of each query's top-k by inner product in numpy (argpartition: the set, unordered): the
-    reference that needs neither faiss nor the package's search."""
-    out = np.empty((k, len(q)), np.int64)
-    for i in range(0, len(q), chunk):
-        s = q[i:i + chunk] @ db.T
-        out[:, i:i + chunk] = np.argpartition(-s, k - 1, axis=1)[:, :k].T
-    return out
-
-
 def part_search(ctx: Context) -> dict:
     """4. Exact top-100 against a CPU reference (``faiss.knn``; numpy without faiss). On CUDA, ``exact_search``
     twice: with the db uploaded to the GPU once (a tensor searched in place: the search's own speed) and from
     pageable host memory (numpy: every call copies the db to the GPU, as a one-off search does); faiss GPU
     (a flat index holding the db) where faiss has GPU support."""
-    from search_speed import K, overlap
+    from search_speed import K, numpy_topk, overlap
 
     from retrieval.config import resolve_device
     from retrieval.search import exact_search
@@ -608,7 +598,7 @@ def part_search(ctx: Context) -> dict:
     if no_faiss:   # numpy at 1M: the reference on the first 100 queries (~1/3 of the part's budget on 16 cores)
         n_ref, ref_name = (100 if ctx.big else nq), "numpy CPU"
         skipped.append(f"faiss CPU reference (faiss.knn): {no_faiss}; the reference is numpy on {n_ref} queries")
-        t_ref, r_ref = timed(lambda: numpy_topk_sets(q[:n_ref], db, K))
+        t_ref, (r_ref, _) = timed(lambda: numpy_topk(q[:n_ref], db))            # (K, n_ref), numpy on the CPU
     else:
         from search_speed import faiss_topk
 
