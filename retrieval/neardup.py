@@ -1,9 +1,10 @@
 """Near-duplicate detection by a similarity threshold: every pair of images whose cosine similarity
-is at least ``t`` is *kept* (declared same origin). Pairs are all i < j of one image set with
-``groups`` (N,) origin ids, -1 for images of no origin (never a positive).
+is at least ``t`` is *kept* (declared same origin). Pairs are all N(N−1)/2 pairs i < j of one image set
+with ``groups`` (N,) origin ids, -1 for images of no origin (never a positive); every pair counts,
+two images of no origin included (they are the hardest negatives a collection has).
 
-A kept pair of the same origin is correct ("same-origin kept"), a kept pair of different origins is
-wrong ("unrelated kept"); precision = correct / kept, recall = correct / all same-origin pairs.
+A kept pair of the same origin is correct ("same-origin kept"), any other kept pair is wrong
+("unrelated kept"); precision = correct / kept, recall = correct / all same-origin pairs.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ __all__ = ["pair_scores", "threshold_table", "pr_curve", "threshold_at_precision
            "format_threshold_table"]
 
 
-def pair_scores(X, groups, unrelated_pairs: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def pair_scores(X, groups) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity and same-origin flag of every pair i < j.
 
     X (N, D) L2-normalised descriptors, groups (N,) int (−1: no origin). Returns ``scores``
-    (P,) float64 and ``same`` (P,) bool, in ``np.triu_indices(N, 1)`` order: all N(N−1)/2 pairs,
-    or with ``unrelated_pairs=False`` only those with at least one image of an origin (pairs of
-    two origin-less images left out).
+    (P,) float64 and ``same`` (P,) bool for all P = N(N−1)/2 pairs, in ``np.triu_indices(N, 1)``
+    order; a pair is the same origin when both share a group >= 0.
     """
     X = np.asarray(X, dtype=np.float64)
     g = np.asarray(groups)
@@ -31,9 +31,6 @@ def pair_scores(X, groups, unrelated_pairs: bool = True) -> tuple[np.ndarray, np
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or Inf")
     i, j = np.triu_indices(X.shape[0], 1)
-    if not unrelated_pairs:
-        keep = (g[i] >= 0) | (g[j] >= 0)
-        i, j = i[keep], j[keep]
     S = X @ X.T
     return S[i, j], (g[i] == g[j]) & (g[i] >= 0)
 
@@ -90,16 +87,15 @@ def threshold_at_precision(scores, same, precision: float) -> dict:
     return dict(threshold=float(t[k]), precision=float(p[k]), recall=float(r[k]))
 
 
-def recall_levels_table(X, groups, unrelated_pairs: bool = True,
-                        quantiles: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> list[dict]:
-    """:func:`threshold_table` at ``quantiles`` of the same-origin pairs' scores (0.1 keeps 90 % of them),
-    each row also counting ``unrelated_unrelated_kept``: the kept pairs of two images of no origin, which
-    ``unrelated_pairs=False`` leaves out of precision (so a reader sees what a threshold would do on a
-    collection where such pairs exist). X (N, D) L2-normalised (those pairs scored in X's dtype), groups (N,)."""
-    scores, same = pair_scores(X, groups, unrelated_pairs)
-    X = np.asarray(X)
-    u = np.flatnonzero(np.asarray(groups) < 0)
-    among = (X[u] @ X[u].T)[np.triu_indices(len(u), 1)]
+def recall_levels_table(X, groups, quantiles: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> list[dict]:
+    """:func:`threshold_table` over every pair of the set at ``quantiles`` of the same-origin pairs'
+    scores (0.1 keeps 90 % of them, 0.5 half: the precision at 50 % recall). Each row also says how
+    many of its ``unrelated_kept`` pairs are ``unrelated_unrelated_kept``: two images of no origin
+    (informative only; they count in precision like any wrong pair). X (N, D) L2-normalised, groups (N,)."""
+    scores, same = pair_scores(X, groups)
+    g = np.asarray(groups)
+    i, j = np.triu_indices(len(g), 1)
+    among = scores[(g[i] < 0) & (g[j] < 0)]
     rows = threshold_table(scores, same, np.quantile(scores[same], list(quantiles)))
     for row in rows:
         row["unrelated_unrelated_kept"] = int((among >= row["threshold"]).sum())
@@ -109,7 +105,7 @@ def recall_levels_table(X, groups, unrelated_pairs: bool = True,
 def format_threshold_table(rows: list[dict]) -> str:
     """The rows of :func:`recall_levels_table` as a fixed-width text table."""
     lines = [f"{'t':>7} {'same-origin kept':>17} {'unrelated kept':>15} {'precision':>10} {'recall':>7} "
-             f"{'unrelated-unrelated':>20}"]
+             f"{'of which unrelated-unrelated':>29}"]
     lines += [f"{r['threshold']:7.4f} {r['same_kept']:17d} {r['unrelated_kept']:15d} {r['precision']:10.3f} "
-              f"{r['recall']:7.3f} {r.get('unrelated_unrelated_kept', 0):20d}" for r in rows]
+              f"{r['recall']:7.3f} {r.get('unrelated_unrelated_kept', 0):29d}" for r in rows]
     return "\n".join(lines)

@@ -72,6 +72,32 @@ def show_examples(dataset, query: int = 0, per_label: int = 3, seed: int = 0):
     return fig
 
 
+def show_part_query(dataset, query: int, other: int, per_label: int = 4, seed: int = 0):
+    """A part query (``query``) and another query of its landmark (``other``): ``per_label`` of the part query's
+    positives, then views that are positives of ``other`` but junk for ``query`` (part hidden). Returns the figure."""
+    import matplotlib.pyplot as plt  # lazy: figures only
+    from matplotlib.patches import Rectangle  # lazy: figures only
+    rng, g, h = np.random.default_rng(seed), dataset.gnd[query], dataset.gnd[other]
+    pick = lambda items: [items[i] for i in sorted(rng.choice(len(items), min(per_label, len(items)), replace=False))]  # noqa: E731
+    pos = pick([(lab, int(i), f"{lab} #{i}") for lab in ("easy", "hard") for i in g[lab]])
+    moved = pick([("junk", int(i), f"junk for {query} #{i}") for i in sorted((set(h["easy"]) | set(h["hard"])) & set(g["junk"]))])
+    panels = [("query", query, f"part query {query}")] + pos + [(None,) * 3] * (per_label - len(pos))
+    panels += [("query", other, f"query {other}")] + moved + [(None,) * 3] * (per_label - len(moved))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(panels), 1.7), squeeze=False)
+    for ax, (label, i, title) in zip(axes[0], panels):
+        if label is None:
+            ax.axis("off")
+            continue
+        ax.imshow(load_image((dataset.query_paths() if label == "query" else dataset.db_paths())[i]))
+        if label == "query":
+            x1, y1, x2, y2 = dataset.gnd[i]["bbx"]
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=LABEL_COLOURS["query"], lw=1.5))
+        ax.set_title(title, fontsize=7)
+        _frame(ax, LABEL_COLOURS[label])
+    fig.tight_layout()
+    return fig
+
+
 _PROTOCOL_COLOURS = {"easy": "#2ca02c", "medium": "#ff7f0e", "hard": "#d62728", "classic": "#9467bd"}
 
 

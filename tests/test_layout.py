@@ -124,7 +124,10 @@ def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_che
     assert run_cli(["demo", "--profile", "smoke", "--run-dir", str(run),
                       "-p", "image_size", "160", "-p", "data_seed", "7"]) == 0
     metrics = store.load_metrics(run)
-    assert list(metrics) == ["synth-tiny-s7"]
+    assert list(metrics) == ["synth-tiny-s7", "synth-tiny-s7+synth-200"]  # 03 also with the rendered distractors
+    assert {r["recorded"]["notebook"] for r in metrics["synth-tiny-s7+synth-200"].values()} == {"03_rerank"}
+    assert set(metrics["synth-tiny-s7+synth-200"]) == {m for m, r in metrics["synth-tiny-s7"].items()
+                                                       if r["recorded"]["notebook"] == "03_rerank"}
     rows = metrics["synth-tiny-s7"].values()
     by_nb = {}
     for r in rows:
@@ -134,7 +137,7 @@ def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_che
     for nb in ("01_extract_features", "02_train_global", "03_rerank", "06_train_token", "07_dir_experiments"):
         assert by_nb[nb] == {160}, (nb, by_nb[nb])
     assert json.loads((run / "benchmark.json").read_text())["name"] == "synth-tiny-s7"
-    assert {p.name for p in (run / "features").iterdir()} == {"synth-tiny-s7"}
+    assert {p.name for p in (run / "features").iterdir()} == {"synth-tiny-s7", "synth-tiny-s7-distractors"}
     assert (run / "anchors" / "synth-tiny-s7").is_dir() and (run / "figures" / "08_top10.png").is_file()
     assert sorted(p.name for p in (ROOT / "figures").iterdir()) == before
     assert not (ROOT / "data" / "test" / "synth-tiny-s7").exists()

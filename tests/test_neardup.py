@@ -17,6 +17,7 @@ def _data(seed=0, n=14):
 def test_pair_scores_against_loops():
     X, g = _data()
     s, same = pair_scores(X, g)
+    assert s.shape == same.shape == (len(X) * (len(X) - 1) // 2,)  # every pair, unrelated-unrelated ones included
     k = 0
     for i in range(len(X)):
         for j in range(i + 1, len(X)):
@@ -26,16 +27,28 @@ def test_pair_scores_against_loops():
     assert k == len(s)
 
 
-def test_pair_scores_without_unrelated_pairs_against_loops():
-    X, g = _data()
-    s, same = pair_scores(X, g, unrelated_pairs=False)
-    expected = [(float(X[i] @ X[j]), g[i] == g[j] and g[i] != -1)
-                for i in range(len(X)) for j in range(i + 1, len(X)) if g[i] >= 0 or g[j] >= 0]
-    assert len(s) == len(expected) == len(X) * (len(X) - 1) // 2 - 3  # the 3 pairs among the 3 unrelated left out
-    np.testing.assert_allclose(s, [e[0] for e in expected])
-    np.testing.assert_array_equal(same, [e[1] for e in expected])
-    np.testing.assert_array_equal(same, pair_scores(X, g)[1][(g[np.triu_indices(len(X), 1)[0]] >= 0)
-                                                             | (g[np.triu_indices(len(X), 1)[1]] >= 0)])
+def _unrelated_lookalikes():
+    """a0, a1 one origin (cos 10°); u0, u1 of no origin and more alike (cos 5°); u2 far from all."""
+    deg = np.radians
+    X = np.array([[1, 0], [np.cos(deg(10)), np.sin(deg(10))], [0, 1], [np.sin(deg(5)), np.cos(deg(5))], [-1, 0]])
+    return X, np.array([0, 0, -1, -1, -1])
+
+
+def test_precision_counts_pairs_of_two_unrelated():
+    X, g = _unrelated_lookalikes()
+    s, same = pair_scores(X, g)
+    assert len(s) == 10 and same.sum() == 1
+    (row,) = threshold_table(s, same, [0.98])  # keeps (a0, a1) and (u0, u1)
+    assert (row["same_kept"], row["unrelated_kept"]) == (1, 1)
+    assert row["precision"] == pytest.approx(0.5) and row["recall"] == 1.0
+    # the most similar pair is two unrelated images: no threshold reaches precision 0.95
+    assert threshold_at_precision(s, same, 0.95) == dict(threshold=None, precision=0.5, recall=0.0)
+    from retrieval.neardup import recall_levels_table
+
+    (row,) = recall_levels_table(X, g, quantiles=(0.5,))
+    assert row["threshold"] == pytest.approx(np.cos(np.radians(10)))
+    assert (row["same_kept"], row["unrelated_kept"], row["unrelated_unrelated_kept"]) == (1, 1, 1)
+    assert row["precision"] == pytest.approx(0.5)
 
 
 def test_threshold_table_against_loops():
@@ -93,14 +106,18 @@ def test_recall_levels_table_against_loops():
     X = rng.standard_normal((len(groups), 8)).astype(np.float32)
     X[groups >= 0] += 1.5 * rng.standard_normal((3, 8)).astype(np.float32)[groups[groups >= 0]]
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    rows = recall_levels_table(X, groups, unrelated_pairs=False, quantiles=(0.25, 0.5))
-    same = [float(X[i] @ X[j]) for i in range(len(X)) for j in range(i + 1, len(X)) if groups[i] == groups[j] >= 0]
-    for q, row in zip((0.25, 0.5), rows):
+    rows = recall_levels_table(X, groups, quantiles=(0.3, 0.6))  # between scores: no tie with the threshold
+    X64 = X.astype(np.float64)
+    pairs = [(float(X64[i] @ X64[j]), groups[i] == groups[j] >= 0, groups[i] < 0 and groups[j] < 0)
+             for i in range(len(X)) for j in range(i + 1, len(X))]
+    same = [v for v, y, _ in pairs if y]
+    for q, row in zip((0.3, 0.6), rows):
         t = np.quantile(np.array(same, np.float64), q)
         assert row["threshold"] == pytest.approx(t, abs=1e-6)
-        uu = sum(float(X[i] @ X[j]) >= row["threshold"] for i in range(len(X)) for j in range(i + 1, len(X))
-                 if groups[i] < 0 and groups[j] < 0)
-        assert row["unrelated_unrelated_kept"] == uu
-        assert row["same_kept"] == sum(s >= row["threshold"] for s in same)
+        tp = sum(v >= row["threshold"] for v, y, _ in pairs if y)
+        fp = sum(v >= row["threshold"] for v, y, _ in pairs if not y)  # every other pair, two unrelated included
+        uu = sum(v >= row["threshold"] for v, _, both in pairs if both)
+        assert (row["same_kept"], row["unrelated_kept"], row["unrelated_unrelated_kept"]) == (tp, fp, uu)
+        assert row["precision"] == pytest.approx(tp / (tp + fp))
     text = format_threshold_table(rows).splitlines()
     assert len(text) == 3 and "unrelated-unrelated" in text[0] and f"{rows[1]['threshold']:7.4f}" in text[2]

@@ -1,11 +1,12 @@
-"""``python -m retrieval.datasets generate --preset default``: build the synthetic benchmark;
+"""``python -m retrieval.datasets generate --preset default [--distractors 10000]``: build the synthetic
+benchmark (test, validation and training splits; and its rendered distractors);
 ``python -m retrieval.datasets download roxford5k``: fetch a real dataset or a published network
 (``--list`` for every name); ``python -m retrieval.datasets verify token-r101``: check placed files."""
 
 import argparse
 import sys
 
-from . import generate
+from . import generate, render_distractors
 from .download import GROUPS, RESOURCES
 from .download import DownloadError, download, verify
 
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     g.add_argument("--root", default=None, help="data folder (default: data/ or $RETRIEVAL_DATA_DIR)")
     g.add_argument("--workers", type=int, default=None)
     g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--distractors", type=int, default=0, metavar="N",
+                   help="also render the first N distractor images (R1M's analogue; 03 takes distractors='synth-N')")
     d = sub.add_parser("download", help="download real datasets / published networks into data/ (see --list)")
     d.add_argument("names", nargs="*", help="e.g. roxford5k rparis6k revisitop1m retrieval-SfM-120k "
                    "gldv2-clean gl18-tl-resnet101-gem-w imagenet-resnet101, or a group: test, networks, imagenet")
@@ -49,6 +52,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "generate":
         paths = generate(args.preset, args.root, args.difficulty, args.seed, args.workers, args.overwrite)
+        if args.distractors:
+            paths["distractors"] = render_distractors(args.distractors, args.preset, args.root, args.difficulty,
+                                                      args.seed, args.workers)
         for split, path in paths.items():
             print(f"{split}: {path}")
         return 0

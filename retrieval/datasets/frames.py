@@ -5,13 +5,20 @@ Every source photo is cut into ``regions_per_photo`` disjoint regions; each regi
 and gets ``frames_per_origin`` derived frames, each a random chain of the edits that make
 near-duplicates in practice: a crop, rescaling, a small rotation, a colour / contrast / brightness
 shift, blur, overlaid text (captions, timestamps), borders (letterbox, frames) and JPEG compression.
-``n_unrelated`` extra images belong to no origin (procedural scenes: smooth colour fields, shapes,
-stripes), so every pair is either *same origin* or *unrelated*.
+``n_unrelated`` extra images belong to no origin, each a *distinct scene* seen once
+(:func:`unrelated_kinds`): views rendered by :func:`~retrieval.datasets.synthetic.render_view` of
+landmarks no benchmark uses (keys ``frames-lm<u>``, one view each) and of streets with no landmark,
+plus the shipped scikit-image photos that are no origin (:data:`SPARE_PHOTOS`, one crop each). So
+every pair is either *same origin* or *unrelated*, and two unrelated images are never two views of
+one scene.
 
 Layout: ``<root>/frames/<name>/jpg/<id>.jpg`` and ``frames.json`` with ``imlist`` and ``groups``
-(origin id per image, -1 for unrelated) plus the sources and parameters. Deterministic from
-``seed`` (each image has its own random stream); written atomically, ``frames.json`` last, so an
-interrupted generation resumes and a complete set is returned as is.
+(origin id per image, -1 for unrelated), ``scenes`` (per unrelated image id: ``kind``
+landmark / street / photo and its landmark ``key`` and ``view`` or its ``photo``) plus the sources
+and parameters. Deterministic from ``seed`` (each image has its own random stream); written
+atomically, ``frames.json`` last, so an interrupted generation resumes and a complete set is returned
+as is. ``format_version`` (written before the first image) marks the format the images were made
+in: a folder of another version is rebuilt from scratch.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,15 +35,18 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json
-from .synthetic import asset, seed_ints
+from .synthetic import FORMAT_VERSION as RENDERER_VERSION
+from .synthetic import asset, render_view, seed_ints
 from ..config import data_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the unrelated images are distinct rendered scenes and spare photos (1: procedural fills)
 #: scikit-image sample photos used as origins (all ship with the package; no download)
 SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina", "coins", "moon", "clock", "brick", "gravel", "grass",
                   "colorwheel", "page", "text", "stereo_motorcycle")
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
+#: scikit-image photos that ship with the package but are no origin: unrelated scenes, one crop each
+SPARE_PHOTOS = ("horse", "logo", "cell", "microaneurysms")
 
 
 @dataclass(frozen=True)
@@ -164,34 +175,50 @@ def _text(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return out
 
 
-def unrelated_image(rng: np.random.Generator, size: int) -> Image.Image:
-    """A procedural image of no origin: smooth colour field, random shapes and stripes."""
-    h = size
-    w = int(size * rng.uniform(0.6, 1.0))
+def unrelated_kinds(n: int) -> list[tuple[str, str]]:
+    """(image id, kind) of the ``n`` unrelated images: a quarter (rounded down) streets, a quarter spare
+    photos (at most one per :data:`SPARE_PHOTOS`), the rest landmarks. Ids name the scene:
+    ``unrelated-lm<u>``, ``unrelated-street<u>``, ``unrelated-<photo>``."""
+    n_street = n // 4
+    n_photo = min(len(SPARE_PHOTOS), n // 4)
+    n_lm = n - n_street - n_photo
+    return ([(f"unrelated-lm{u:04d}", "landmark") for u in range(n_lm)]
+            + [(f"unrelated-street{u:04d}", "street") for u in range(n_street)]
+            + [(f"unrelated-{name}", "photo") for name in SPARE_PHOTOS[:n_photo]])
+
+
+def unrelated_scene(image_id: str, kind: str, rng: np.random.Generator, size: int,
+                    seed: int = 0) -> tuple[Image.Image, dict]:
+    """One unrelated image (longer side ``size``, landscape or portrait, short side 60-100 % of it):
+    a view of the new landmark ``frames-lm<u>`` or of a street, rendered with ``seed``, or a crop of a
+    spare photo. Returns (image, scene description: ``kind`` and ``key``/``view``/``mode`` or ``photo``)."""
+    w, h = size, max(1, round(size * rng.uniform(0.6, 1.0)))
     if rng.random() < 0.5:
         w, h = h, w
-    small = rng.random((4, 4, 3))
-    base = Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
-    d = ImageDraw.Draw(base)
-    for _ in range(int(rng.integers(3, 12))):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        x1, y1 = x0 + int(rng.integers(5, w // 2 + 6)), y0 + int(rng.integers(5, h // 2 + 6))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        kind = rng.integers(0, 3)
-        if kind == 0:
-            d.ellipse([x0, y0, x1, y1], fill=colour)
-        elif kind == 1:
-            d.rectangle([x0, y0, x1, y1], fill=colour)
-        else:
-            d.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(2, 10)))
-    return base.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5))))
+    if kind == "photo":
+        name = image_id.removeprefix("unrelated-")
+        src = asset(name)
+        s = min(src.shape[1] / w, src.shape[0] / h) * rng.uniform(0.7, 1.0)  # box of aspect w:h inside
+        bw, bh = max(1, round(w * s)), max(1, round(h * s))
+        x0, y0 = int(rng.integers(0, src.shape[1] - bw + 1)), int(rng.integers(0, src.shape[0] - bh + 1))
+        im = Image.fromarray(src[y0:y0 + bh, x0:x0 + bw]).resize((w, h), Image.BILINEAR)
+        return im, dict(kind=kind, photo=name)
+    if kind not in ("landmark", "street"):
+        raise ValueError(f"unknown unrelated kind {kind!r}")
+    u = image_id.removeprefix("unrelated-")
+    key = f"frames-{u}" if kind == "landmark" else None
+    view = f"frames-{u}-v0" if kind == "landmark" else f"frames-{u}"
+    mode = "easy" if rng.random() < 0.5 else "hard"
+    im, _ = render_view(seed, key, view, mode, w, h)
+    return im, dict(kind=kind, key=key, view=view, mode=mode)
 
 
 def generate_frames(root: str | os.PathLike | None = None, progress: bool = True, overwrite: bool = False,
                     **config) -> Path:
     """Generate (or find) the same-origin frames set; returns its folder. ``config``: the fields of
     :class:`FramesConfig`. A complete set whose ``frames.json`` matches is returned as is; an
-    interrupted one keeps the images already written."""
+    interrupted one keeps the images already written; one of another ``FORMAT_VERSION`` (or none
+    recorded) is rebuilt from scratch."""
 
     unknown = set(config) - set(FramesConfig.__dataclass_fields__)
     if unknown:
@@ -203,24 +230,30 @@ def generate_frames(root: str | os.PathLike | None = None, progress: bool = True
     if cfg.n_unrelated < 0 or not cfg.strength >= 0:
         raise ValueError(f"n_unrelated and strength must be >= 0, got {cfg.n_unrelated}, {cfg.strength}")
     folder = (Path(root) if root is not None else data_dir()) / "frames" / frames_name(cfg)
-    meta = dict(format_version=FORMAT_VERSION, config=asdict(cfg))
+    version = f"{FORMAT_VERSION}.{RENDERER_VERSION}"  # the rendered scenes change with the renderer
+    meta = dict(format_version=version, config=asdict(cfg))
     index = folder / "frames.json"
+    stamp = folder / "format_version"
     if not overwrite and index.is_file():
         try:
             if {k: v for k, v in json.loads(index.read_text()).items() if k in meta} == meta:
                 return folder
         except ValueError:
             pass
+    if folder.exists() and (not stamp.is_file() or stamp.read_text().strip() != version):
+        shutil.rmtree(folder / "jpg", ignore_errors=True)  # images of another format: none is kept
+        index.unlink(missing_ok=True)
+    atomic_write_bytes(stamp, f"{version}\n".encode())
     photos = source_photos()
-    jobs = []  # (image id, origin id or -1, source name or None, region)
+    jobs = []  # (image id, origin id or -1, source photo (unrelated: kind), region or None)
     origin = 0
     for name, arr in photos.items():
         for r, box in enumerate(_regions(arr.shape[:2], cfg.regions_per_photo)):
             for f in range(cfg.frames_per_origin):
                 jobs.append((f"{name}-r{r}-f{f}", origin, name, box))
             origin += 1
-    jobs += [(f"unrelated-{u:04d}", -1, None, None) for u in range(cfg.n_unrelated)]
-    edits = {}
+    jobs += [(image_id, -1, kind, None) for image_id, kind in unrelated_kinds(cfg.n_unrelated)]
+    edits, scenes = {}, {}
     for image_id, group, name, box in tqdm(jobs, desc="same-origin frames", disable=not progress, unit="img"):
         rng = np.random.default_rng(seed_ints(cfg.seed, "frames", image_id))
         path = folder / "jpg" / f"{image_id}.jpg"
@@ -228,7 +261,7 @@ def generate_frames(root: str | os.PathLike | None = None, progress: bool = True
             src = Image.fromarray(photos[name]).crop(box)
             frame, done = derive_frame(src, rng, cfg.size, cfg.strength)
         else:
-            frame, done = unrelated_image(rng, cfg.size), []
+            (frame, scenes[image_id]), done = unrelated_scene(image_id, name, rng, cfg.size, cfg.seed), []
         edits[image_id] = done
         if path.is_file() and not overwrite:
             continue
@@ -236,12 +269,13 @@ def generate_frames(root: str | os.PathLike | None = None, progress: bool = True
         frame.save(buf, "JPEG", quality=95)
         atomic_write_bytes(path, buf.getvalue())
     atomic_write_json(index, dict(meta, imlist=[j[0] for j in jobs], groups=[j[1] for j in jobs],
-                                  sources=sorted(photos), edits=[edits[j[0]] for j in jobs]))
+                                  sources=sorted(photos), edits=[edits[j[0]] for j in jobs], scenes=scenes))
     return folder
 
 
 def load_frames(folder: str | os.PathLike) -> dict:
-    """``{"paths": [...], "imlist": [...], "groups": (N,) int64, ...}`` of a generated frames set."""
+    """``{"paths": [...], "imlist": [...], "groups": (N,) int64, "scenes": {unrelated id: {...}}, ...}`` of a
+    generated frames set."""
     folder = Path(folder)
     index = folder / "frames.json"
     if not index.is_file():

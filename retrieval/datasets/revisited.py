@@ -49,8 +49,13 @@ class RevisitedDataset:
 
 def load_revisited(root: str | os.PathLike, name: str) -> RevisitedDataset:
     """Load and validate ``<root>/test/<name>/gnd_<name>.pkl``."""
-    folder = Path(root) / "test" / name
-    path = folder / f"gnd_{name}.pkl"
+    return read_revisited(Path(root) / "test" / name / f"gnd_{name}.pkl", name)
+
+
+def read_revisited(path: str | os.PathLike, name: str) -> RevisitedDataset:
+    """Load and validate the ground-truth file ``path`` of test set ``name`` (its images: ``jpg/`` beside it)."""
+    path = Path(path)
+    folder = path.parent
     if not path.is_file():
         raise FileNotFoundError(f"ground truth not found: {path}")
     try:

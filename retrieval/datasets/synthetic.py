@@ -16,10 +16,17 @@ Oxford/Paris definitions (Radenović et al., CVPR 2018):
 * ``junk``: barely visible (``visible`` < 0.2 or ``cover`` < 0.02);
 * ``hard``: everything in between (strong viewpoint or scale change, occlusion, crop, darkness).
 
+Labels are per query, as in the revisited protocol. About a third of the queries of multi-part
+landmarks are cropped to one part (a tower, a side facade); for those, each view of the landmark is
+labelled by the same rules from that part's own visibility (its pixels not hidden by a nearer facade
+or an occluder), so a view that does not show the part is junk for that query.
+
 Files are written in exactly the formats of the real benchmarks:
 
 * test split (revisited Oxford): ``<root>/test/<name>/gnd_<name>.pkl`` with ``imlist``,
   ``qimlist`` and ``gnd`` (``bbx``, ``easy``, ``hard``, ``junk``), images ``jpg/<im>.jpg``;
+* validation benchmark ``<root>/test/<name>-val/``: the test set's format and shape with landmarks
+  of its own (disjoint from the test set and the training split), what settings are chosen on;
 * training split (retrieval-SfM-120k): ``<root>/train/<name>/<name>.pkl`` with ``train`` and
   ``val``, each ``cids``, ``cluster``, ``qidxs``, ``pidxs`` (+ ``labels``: the per-image landmark
   id), images under ``ims/`` at ``cid2filename(cid)``.
@@ -58,7 +65,7 @@ from ..config import data_dir
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_pickle
 from .tuples import cid2filename
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-query ground truth of part queries, the validation benchmark
 MURAL_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "rocket", "hubble_deep_field",
                 "immunohistochemistry", "retina", "colorwheel", "camera", "coins", "moon", "clock")
 STONE_TEXTURES = ("brick", "gravel", "grass")
@@ -508,13 +515,16 @@ def _view_params(rng: np.random.Generator, mode: str, k: float) -> dict:
 
 
 def render_view(seed: int, key: str | None, view_id: str, mode: str, width: int, height: int,
-                difficulty: float = 1.0) -> tuple[Image.Image, dict]:
+                difficulty: float = 1.0, masks: bool = False) -> tuple:
     """Render one image of landmark ``key`` (None: background only).
 
     Returns the RGB image and its geometry: ``visible`` (visible fraction of the landmark's
     projected area), ``cover`` (visible landmark pixels / image pixels), ``yaw`` (degrees),
     ``photo`` (photometric severity in [0, 1]) and ``bbx`` [x1, y1, x2, y2] of the visible
-    landmark (or a part of it for queries).
+    landmark (or a part of it for queries), ``parts`` (per facade of the landmark, in
+    :func:`build_landmark`'s order: its own ``visible`` fraction and ``cover``, hidden by nearer
+    facades and occluders) and ``part`` (for a query about one part: that facade's index, else None).
+    ``masks=True`` also returns each part's visible pixels, ``{facade index: (height, width) bool}``.
     """
     rng = np.random.default_rng(seed_ints(seed, "view", view_id))
     p = _view_params(rng, mode, difficulty)
@@ -538,10 +548,10 @@ def render_view(seed: int, key: str | None, view_id: str, mode: str, width: int,
     horizon = float(cam.project(far[None])[0][0, 1])
     img = _background(rng, width, height, horizon).convert("RGBA")
     lm_mask = np.zeros((height, width), bool)
-    part_masks, proj_area = [], 0.0
-    order = sorted(facades, key=lambda fc: -np.linalg.norm(fc.corners().mean(0) - cam.C))
-    for fac in order:
-        out = _render_facade(fac, cam, size)
+    part_masks, part_ids, part_areas, proj_area = [], [], [], 0.0
+    order = sorted(range(len(facades)), key=lambda i: -np.linalg.norm(facades[i].corners().mean(0) - cam.C))
+    for fi in order:  # far to near: a nearer facade is drawn over a farther one
+        out = _render_facade(facades[fi], cam, size)
         if out is None:
             continue
         warped, area = out
@@ -549,10 +559,17 @@ def render_view(seed: int, key: str | None, view_id: str, mode: str, width: int,
         a = np.asarray(warped)[..., 3] > 127
         lm_mask |= a
         part_masks.append(a)
+        part_ids.append(fi)
+        part_areas.append(area)
         img.alpha_composite(warped)
     img = img.convert("RGB")
     occ = _occluders(rng, img, p["occ"], p["occ_scale"])
     vis_mask = lm_mask & ~occ
+    # each part's own visible pixels: not hidden by a nearer facade nor by an occluder
+    part_vis, covered = {}, np.zeros_like(lm_mask)
+    for fi, a in zip(reversed(part_ids), reversed(part_masks)):
+        part_vis[fi] = a & ~covered & ~occ
+        covered |= a
     # photometric changes
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * p["bright"] * (1.0 + np.asarray(p["cast"]))[None, None, :]
@@ -572,19 +589,30 @@ def render_view(seed: int, key: str | None, view_id: str, mode: str, width: int,
         quality=p["quality"],
         factors=p["factors"],
         bbx=None,
+        part=None,
+        parts=[_part_geometry(part_vis.get(fi), dict(zip(part_ids, part_areas)).get(fi, 0.0), width * height)
+               for fi in range(len(facades))],
     )
     if n_vis:
         m = vis_mask
         if mode == "query" and len(part_masks) > 1 and rng.random() < 0.35:
             # a query about one part of the building (e.g. the tower or a side facade)
-            cand = [pm & ~occ for pm in part_masks if (pm & ~occ).sum() > 0.1 * n_vis]
+            cand = [(fi, pm & ~occ) for fi, pm in zip(part_ids, part_masks) if (pm & ~occ).sum() > 0.1 * n_vis]
             if cand:
-                m = cand[int(rng.integers(len(cand)))]
+                geo["part"], m = cand[int(rng.integers(len(cand)))]
         ys, xs = np.nonzero(m)
         pad = 0.03 * max(width, height)
         geo["bbx"] = [float(max(0, xs.min() - pad)), float(max(0, ys.min() - pad)),
                       float(min(width, xs.max() + 1 + pad)), float(min(height, ys.max() + 1 + pad))]
+    if masks:
+        return img, geo, {fi: part_vis.get(fi, np.zeros_like(vis_mask)) for fi in range(len(facades))}
     return img, geo
+
+
+def _part_geometry(mask: np.ndarray | None, area: float, n_pixels: int) -> dict:
+    """``visible`` (fraction of the part's projected area) and ``cover`` (share of the frame) of one part."""
+    n = int(mask.sum()) if mask is not None else 0
+    return dict(visible=float(min(1.0, n / area)) if area > 0 else 0.0, cover=n / float(n_pixels))
 
 
 def label_view(geo: dict) -> str:
@@ -594,6 +622,18 @@ def label_view(geo: dict) -> str:
     if geo["visible"] >= 0.6 and geo["cover"] >= 0.10 and abs(geo["yaw"]) <= 40 and geo["photo"] < 0.5:
         return "easy"
     return "hard"
+
+
+def label_for_query(query: dict, view: dict) -> str | None:
+    """The label of db view ``view`` for query ``query`` (both geometries as :func:`render_view` gives
+    them, with ``landmark``): None for a view of another landmark (a negative); for a query about one
+    part (``query["part"]``), :func:`label_view` of that part's own ``visible`` and ``cover`` in the view
+    (so a view that does not show the part is junk); else the view's landmark label."""
+    if view["landmark"] is None or view["landmark"] != query["landmark"]:
+        return None
+    if query.get("part") is None:
+        return view["label"]
+    return label_view({**view, **view["parts"][query["part"]]})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,7 +667,21 @@ def _jobs(cfg: SyntheticConfig, name: str) -> dict:
             for v in range(cfg.views_per_train_landmark):
                 items.append((key, f"{key}-v{v}", str(rng.choice(modes, p=[0.55, 0.4, 0.05]))))
         train[split] = [items[i] for i in rng.permutation(len(items))]
-    return dict(query=test_q, db=test_db, **train)
+    # the validation benchmark: the test set's shape, landmarks of its own (prefix "valbench")
+    vrng = np.random.default_rng(seed_ints(cfg.seed, "layout-val", name))
+    val_q, val_db = [], []
+    for l in range(cfg.n_landmarks):
+        key = f"valbench{l:03d}"
+        val_q += [(key, f"{key}-q{q}", "query") for q in range(cfg.queries_per_landmark)]
+        val_db += [(key, f"{key}-v{v}", str(vrng.choice(modes, p=[0.4, 0.45, 0.15])))
+                   for v in range(cfg.views_per_landmark)]
+    for l in range(cfg.n_distractor_landmarks):
+        key = f"valbench-distractor{l:03d}"
+        val_db += [(key, f"{key}-v{v}", str(vrng.choice(modes, p=[0.5, 0.4, 0.1])))
+                   for v in range(cfg.views_per_distractor)]
+    val_db += [(None, f"valbench-background-v{b}", "easy") for b in range(cfg.n_background)]
+    val_db = [val_db[i] for i in vrng.permutation(len(val_db))]
+    return dict(query=test_q, db=test_db, **train, val_query=val_q, val_db=val_db)
 
 
 def _render_job(args) -> dict:
@@ -650,27 +704,35 @@ def _cid(seed: int, view_id: str) -> str:
     return hashlib.md5(f"synth/{seed}/{view_id}".encode()).hexdigest()
 
 
+def val_name(name: str) -> str:
+    """The validation benchmark of the synthetic test set ``name``: ``<name>-val``."""
+    return f"{name}-val"
+
+
 def generate(preset: str = "default", root: str | os.PathLike | None = None, difficulty: float = 1.0,
              seed: int = 0, workers: int | None = None, overwrite: bool = False,
              progress: bool = True) -> dict:
-    """Generate (or find) the synthetic benchmark; returns ``{"test": path, "train": path}``.
+    """Generate (or find) the synthetic benchmark; returns ``{"test": path, "train": path, "val": path}``.
 
-    Test split at ``<root>/test/<name>``, training split at ``<root>/train/<name>`` with
-    ``name = dataset_name(preset, difficulty, seed)``. Resumes an interrupted generation; a complete
-    dataset (its ``manifest.json`` matches the configuration) is returned as is.
+    Test split at ``<root>/test/<name>``, training split at ``<root>/train/<name>``, the validation
+    benchmark (the test set's format and shape, landmarks of its own: what settings are chosen on) at
+    ``<root>/test/<name>-val``, with ``name = dataset_name(preset, difficulty, seed)``. Resumes an
+    interrupted generation; a complete dataset (its ``manifest.json`` matches the configuration) is
+    returned as is.
     """
 
     cfg = make_config(preset, difficulty, seed)
     name = dataset_name(preset, difficulty, seed)
     root = Path(root) if root is not None else data_dir()
-    test_dir, train_dir = root / "test" / name, root / "train" / name
+    test_dir, train_dir, val_dir = root / "test" / name, root / "train" / name, root / "test" / val_name(name)
+    folders = {"test": test_dir, "train": train_dir, "val": val_dir}
     manifest = dict(format_version=FORMAT_VERSION, name=name, preset=preset, config=asdict(cfg))
     if overwrite:
-        shutil.rmtree(test_dir, ignore_errors=True)
-        shutil.rmtree(train_dir, ignore_errors=True)
-    if _manifest_ok(test_dir, manifest) and _manifest_ok(train_dir, manifest):
-        return {"test": test_dir, "train": train_dir}
-    for folder in (test_dir, train_dir):
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    if all(_manifest_ok(folder, manifest) for folder in folders.values()):
+        return folders
+    for folder in folders.values():
         # images are reused on a rerun (resume), so a folder made by another version or configuration
         # (a different manifest, complete or in progress) is removed rather than mixed into this one
         found = [_read_manifest(folder / f) for f in ("manifest.json", "generating.json")]
@@ -682,10 +744,11 @@ def generate(preset: str = "default", root: str | os.PathLike | None = None, dif
     tasks, where = [], []
     for part, items in jobs.items():
         for i, (key, view_id, mode) in enumerate(items):
-            if part in ("query", "db"):
-                stem = f"{'q' if part == 'query' else 'db'}_{i:05d}"
-                path = test_dir / "jpg" / f"{stem}.jpg"
-                meta = test_dir / "meta" / f"{stem}.json"
+            if part in ("query", "db", "val_query", "val_db"):
+                stem = f"{'q' if part.endswith('query') else 'db'}_{i:05d}"
+                folder = val_dir if part.startswith("val_") else test_dir
+                path = folder / "jpg" / f"{stem}.jpg"
+                meta = folder / "meta" / f"{stem}.json"
             else:
                 stem = _cid(seed, view_id)
                 path = Path(cid2filename(stem, train_dir / "ims"))
@@ -704,10 +767,11 @@ def generate(preset: str = "default", root: str | os.PathLike | None = None, dif
     for (part, stem), geo in zip(where, geos):
         by_part.setdefault(part, []).append((stem, geo))
     _write_test(test_dir, name, by_part["query"], by_part["db"], manifest)
+    _write_test(val_dir, val_name(name), by_part["val_query"], by_part["val_db"], manifest)
     _write_train(train_dir, name, by_part, cfg, manifest)
-    for folder in (test_dir, train_dir):
+    for folder in folders.values():
         (folder / "generating.json").unlink(missing_ok=True)
-    return {"test": test_dir, "train": train_dir}
+    return folders
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -724,23 +788,32 @@ def _manifest_ok(folder: Path, manifest: dict) -> bool:
     return _read_manifest(folder / "manifest.json") == manifest
 
 
+def query_gnd(queries: list[dict], db: list[dict]) -> list[dict]:
+    """The revisited ground truth of each query (``bbx``, ``easy``, ``hard``, ``junk``: db indices),
+    per query (:func:`label_for_query`): a part query's lists follow that part's visibility."""
+    views_of: dict[str, list[int]] = {}
+    for i, geo in enumerate(db):
+        if geo["landmark"] is not None:
+            views_of.setdefault(geo["landmark"], []).append(i)
+    gnd = []
+    for q, geo in enumerate(queries):
+        if geo["bbx"] is None:
+            raise RuntimeError(f"query {q} ({geo.get('view')}) shows no landmark; change the seed")
+        lists = {"easy": [], "hard": [], "junk": []}
+        for i in views_of.get(geo["landmark"], []):
+            lists[label_for_query(geo, db[i])].append(i)
+        gnd.append({"bbx": geo["bbx"], **lists})
+    return gnd
+
+
 def _write_test(folder: Path, name: str, queries: list, db: list, manifest: dict) -> None:
     imlist = [stem for stem, _ in db]
-    labels_of: dict[str, dict[str, list[int]]] = {}
-    for i, (_, geo) in enumerate(db):
-        if geo["landmark"] is not None and geo["landmark"].startswith("test"):
-            labels_of.setdefault(geo["landmark"], {"easy": [], "hard": [], "junk": []})[geo["label"]].append(i)
-    gnd = []
-    for stem, geo in queries:
-        if geo["bbx"] is None:
-            raise RuntimeError(f"query {stem} shows no landmark; change the seed")
-        lab = labels_of.get(geo["landmark"], {"easy": [], "hard": [], "junk": []})
-        gnd.append({"bbx": geo["bbx"], "easy": lab["easy"], "hard": lab["hard"], "junk": lab["junk"]})
+    gnd = query_gnd([geo for _, geo in queries], [geo for _, geo in db])
     atomic_write_pickle(folder / f"gnd_{name}.pkl",
                         {"imlist": imlist, "qimlist": [stem for stem, _ in queries], "gnd": gnd})
     atomic_write_json(folder / "landmarks.json", {
         "db": [geo["landmark"] for _, geo in db], "query": [geo["landmark"] for _, geo in queries],
-        "db_label": [geo["label"] for _, geo in db]})
+        "db_label": [geo["label"] for _, geo in db], "query_part": [geo["part"] for _, geo in queries]})
     atomic_write_json(folder / "manifest.json", manifest)
 
 

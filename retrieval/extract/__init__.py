@@ -304,6 +304,53 @@ def extract_vectors_cached(model: torch.nn.Module, paths: Sequence, path: str | 
     return vecs
 
 
+def extract_prefix_cached(model: torch.nn.Module, paths: Sequence, folder: str | os.PathLike,
+                          image_size: int | Sequence[int] = 1024, scales: Sequence[float] = (1.0,),
+                          batch_size: int = 16, device: str = "cpu", shard_size: int = 2048, progress: bool = True,
+                          desc: str = "distractors", upscale: bool = False, extra: dict | None = None) -> np.ndarray:
+    """Descriptors (N, D) of an image list whose shorter lists are prefixes (a distractor set: its first
+    N images), cached in shards under ``folder`` so any N reuses what a larger or smaller N extracted.
+
+    Shard ``k`` holds images ``[k * shard_size, (k + 1) * shard_size)`` (the last one of a list may be
+    shorter; it is extracted again in full when a longer list needs it, and a longer shard serves a
+    shorter list). Each shard is an ``.npz`` with the parameters that made it (weights fingerprint,
+    sizes, scales, preprocessing, ``extra``) and its images' file names; it is reused only when the
+    parameters match and its names start with the requested ones. Written atomically, so an
+    interrupted extraction resumes at the first missing shard.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not len(paths):
+        raise ValueError(f"no images to extract into {folder}")
+    params = jsonable(dict(model=dict(getattr(model, "meta", {})), weights_sha1=model_fingerprint(model),
+                           image_size=_size_param(image_size), scales=[float(s) for s in scales],
+                           preprocess=preprocess_params(upscale), **(extra or {})))
+    folder = Path(folder)
+    out = []
+    for start in range(0, len(paths), shard_size):
+        names = [Path(p).name for p in paths[start:start + shard_size]]
+        vecs = None
+        for file in sorted(folder.glob(f"{start:09d}-*.npz")):
+            try:
+                arrays, old = load_arrays(file, ("vecs",), what="descriptor shard")
+            except ValueError:
+                continue
+            stored = old.pop("names", [])
+            if old == params and stored[:len(names)] == names and len(arrays["vecs"]) == len(stored):
+                vecs = arrays["vecs"][:len(names)]
+                break
+        if vecs is None:
+            vecs = extract_vectors(model, paths[start:start + len(names)], image_size=image_size, scales=scales,
+                                   batch_size=batch_size, device=device, upscale=upscale, progress=progress,
+                                   desc=f"{desc} {start}-{start + len(names)}")
+            save_arrays(folder / f"{start:09d}-{len(names)}.npz", dict(params, names=names), vecs=vecs)
+            for file in folder.glob(f"{start:09d}-*.npz"):  # shorter shards of this start are superseded
+                if int(file.stem.split("-")[1]) < len(names):
+                    file.unlink(missing_ok=True)
+        out.append(vecs)
+    return np.concatenate(out)
+
+
 def extract_test_set_timed(model: torch.nn.Module, dataset, image_size: int | Sequence[int] = 1024,
                  scales: Sequence[float] = (1.0,), batch_size: int = 16, device: str = "cpu",
                  progress: bool = True, upscale: bool = False) -> tuple[np.ndarray, np.ndarray, float]:

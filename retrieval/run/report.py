@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from ..catalog import PUBLISHED
 from ..config import ROOT, resolve
 from ..io import atomic_write_bytes, atomic_write_json
 from ..metrics import ALL_PROTOCOLS, PROTOCOL_LABELS
@@ -53,6 +54,8 @@ def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.Path
     out = resolve(results_dir) / name
     atomic_write_json(out / "run.json", json.loads(layout.run_file.read_text()))
     atomic_write_json(out / "metrics.json", load_metrics(run_dir))
+    if layout.benchmark_file.is_file():  # the benchmark's sets and sizes (00_data)
+        atomic_write_json(out / "benchmark.json", json.loads(layout.benchmark_file.read_text()))
     return out
 
 
@@ -64,7 +67,9 @@ def load_records(results_dir: str | os.PathLike = RESULTS) -> list[dict]:
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"incomplete record {folder}: missing {missing}")
-        out.append(dict(name=folder.name, **{k: json.loads(p.read_text()) for k, p in files.items()}))
+        bench = folder / "benchmark.json"
+        out.append(dict(name=folder.name, **{k: json.loads(p.read_text()) for k, p in files.items()},
+                        benchmark=json.loads(bench.read_text()) if bench.is_file() else None))
     return out
 
 
@@ -114,6 +119,43 @@ def _provenance(record: dict) -> list[str]:
             f"- machine: {_machine(run.get('machine') or {})}"]
 
 
+_STATS_ROWS = (("queries", "queries"), ("query landmarks", "query_landmarks"), ("part queries", "part_queries"),
+               ("db images", "db"), ("distractors", "distractors"), ("positives / query", "positives"),
+               ("easy / query", "easy"), ("hard / query", "hard"), ("junk / query", "junk"))
+# the published network closest to the demo's first stage (GeM fine-tuned on landmarks + learned whitening)
+REFERENCE_NETWORK = "rSfM120k-tl-resnet101-gem-w"
+
+
+def _benchmark(record: dict) -> list[str]:
+    """The benchmark's size table (``benchmark.json`` stats: mean (min–max) per query) and its first stage's
+    Medium/Hard mAP beside a published GeM network's on ROxf (:data:`REFERENCE_NETWORK`, cirtorch README)."""
+    bench = record.get("benchmark") or {}
+    stats = bench.get("stats") or {}
+    if not stats:
+        return []
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v['mean']:.1f} ({v['min']}–{v['max']})" if isinstance(v, dict) else f"{v:,}"
+
+    names = list(stats)
+    lines = ["### The benchmark", "", f"Rendered by `00_data` (`{bench.get('name')}`; validation benchmark "
+             f"`{bench.get('val')}`, distractors `{(bench.get('distractors') or {}).get('set')}`); per query: "
+             "mean (min–max). Positives = easy + hard.", "",
+             "| | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " ---: |" * len(names)]
+    lines += [f"| {label} | " + " | ".join(cell(stats[n].get(key)) for n in names) + " |" for label, key in _STATS_ROWS]
+    first = [(d, m, r) for d, ms in record["metrics"].items() for m, r in ms.items()
+             if (r.get("recorded") or {}).get("notebook") == "03_rerank" and "+" not in m.split("+lw")[-1]]
+    if first:
+        ref = PUBLISHED[REFERENCE_NETWORK].reported
+        lines += ["", f"First stage (`{first[0][1]}`, 03) against `{REFERENCE_NETWORK}` on ROxf (reported, cirtorch "
+                  "README; multi-scale): mAP ×100.", "", "| set | M mAP | H mAP |", "| --- | ---: | ---: |"]
+        lines += [f"| `{d}` | {100 * r['medium']['map']:.2f} | {100 * r['hard']['map']:.2f} |" for d, _, r in first]
+        lines += [f"| roxford5k (published) | {ref['roxford5k_M']:.2f} | {ref['roxford5k_H']:.2f} |"]
+    return lines + [""]
+
+
 def render_results(records: list[dict]) -> str:
     """``docs/results.md``: every record's provenance and its rows, one table per notebook."""
     lines = ["# Results", "",
@@ -123,6 +165,7 @@ def render_results(records: list[dict]) -> str:
     for record in records:
         datasets = sorted(record["metrics"])
         lines += [f"## `{record['name']}` ({', '.join(datasets)})", ""] + _provenance(record) + [""]
+        lines += _benchmark(record)
         for notebook, rows in _by_notebook(record["metrics"]).items():
             lines += [f"### {notebook}", ""] + _table(rows, with_dataset=len(datasets) > 1) + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -8,10 +8,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..catalog import PUBLISHED
 from ..config import data_dir, smoke
-from ..datasets import REAL_TEST, dataset_name, generate, get_test, load_sfm
-from ..extract import extract_vectors_cached, extract_test_set_cached, model_fingerprint
+from ..datasets import (REAL_TEST, DistractedDataset, dataset_name, distractor_set_name, generate, get_test, load_sfm,
+                        val_name)
+from ..extract import extract_prefix_cached, extract_test_set_cached, extract_vectors_cached, model_fingerprint
 from ..io import atomic_write_json
 from ..models import load_model
 from .layout import RunLayout
@@ -32,11 +35,16 @@ class Run:
         return f"Run({str(self.paths.root)!r}, notebook={self.notebook!r})"
 
     # ------------------------------------------------------------------ the benchmark of the run
-    def record_benchmark(self, preset: str, difficulty: float = 1.0, data_seed: int = 0) -> Path:
-        """Record the synthetic benchmark of this run (00_data); later notebooks default to it."""
+    def record_benchmark(self, preset: str, difficulty: float = 1.0, data_seed: int = 0,
+                         n_distractors: int = 0, stats: dict | None = None) -> Path:
+        """Record the synthetic benchmark of this run (00_data); later notebooks default to it. Names
+        its test set, its validation benchmark (``val``: what settings are chosen on) and its rendered
+        distractors (``distractors``: the set and how many are rendered); ``stats``: the sets' sizes
+        (:func:`~retrieval.datasets.stats.benchmark_stats`)."""
+        name = dataset_name(preset, difficulty, data_seed)
         return atomic_write_json(self.paths.benchmark_file, dict(
-            preset=preset, difficulty=float(difficulty), data_seed=int(data_seed),
-            name=dataset_name(preset, difficulty, data_seed)))
+            preset=preset, difficulty=float(difficulty), data_seed=int(data_seed), name=name, val=val_name(name),
+            distractors=dict(set=distractor_set_name(name), n=int(n_distractors)), **({"stats": stats} if stats else {})))
 
     def benchmark(self, preset: str | None = None, data_seed: int | None = None) -> dict:
         """The synthetic benchmark a notebook uses: ``preset`` / ``data_seed`` when given, else the
@@ -96,10 +104,22 @@ class Run:
     def descriptors(self, model, name: str, dataset, image_size, device: str = "cpu", **extract):
         """Query/db descriptors of any ``model`` under ``name`` in this run, read from
         ``features/<dataset>/<name>-<size>.npz`` when its stored parameters and weights' fingerprint
-        match, else extracted and saved (:func:`~retrieval.extract.extract_test_set_cached`). Returns
-        ``(query (n_q, D), db (n_db, D), params)``; ``params["weights_sha1"]`` is the fingerprint."""
-        return extract_test_set_cached(model, dataset, self.paths.features(dataset.name, name, image_size),
-                               image_size=image_size, device=device, **extract)
+        match, else extracted and saved (:func:`~retrieval.extract.extract_test_set_cached`). A test set
+        with distractors (:class:`~retrieval.datasets.DistractedDataset`) is its plain test set's
+        descriptors (the same file) followed by the distractors', cached once per network in shards under
+        ``features/<distractor set>/<name>-<size>/`` (:func:`~retrieval.extract.extract_prefix_cached`: any
+        N reuses a larger or smaller N). Returns ``(query (n_q, D), db (n_db, D), params)``;
+        ``params["weights_sha1"]`` is the fingerprint."""
+        if not isinstance(dataset, DistractedDataset):
+            return extract_test_set_cached(model, dataset, self.paths.features(dataset.name, name, image_size),
+                                           image_size=image_size, device=device, **extract)
+        query, db, params = self.descriptors(model, name, dataset.base(), image_size, device, **extract)
+        prefix = {k: v for k, v in extract.items() if k in ("scales", "batch_size", "upscale", "progress", "shard_size")}
+        folder = self.paths.features(dataset.distractor_set, name, image_size).with_suffix("")
+        distract = extract_prefix_cached(model, dataset.distractor_paths, folder, image_size=image_size, device=device,
+                                         desc=f"{dataset.distractor_set}, {name}", **prefix)
+        db = np.concatenate([db, distract.astype(db.dtype, copy=False)])
+        return query, db, dict(params, dataset=dataset.name, n_db=dataset.n_db, distractors=dataset.distractor_set)
 
     def train_descriptors(self, model, name: str, split: str, paths, image_size, part: str = "train",
                           device: str = "cpu", tag: str = "", **extract):
