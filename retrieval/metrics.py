@@ -276,6 +276,12 @@ def evaluate(ranks, gnd, kappas=(1, 5, 10)):
     return res
 
 
+def per_query_ap(ranks, gnd) -> dict[str, np.ndarray]:
+    """Per-query AP (nq,) of every protocol of ``gnd`` (NaN for a query without positives under it): what
+    :func:`evaluate` averages, for paired comparisons (:func:`retrieval.bootstrap.paired_bootstrap`)."""
+    return {p: compute_map(ranks, protocol_gnd(gnd, p))[1] for p in gnd_protocols(gnd)}
+
+
 def topk_oracle(ranks, gnd, K: int, protocol: str = "medium") -> np.ndarray:
     """The best any re-ranking of the top-``K`` can do: ``ranks`` (n_ranked, nq) with, in each
     query's first K rows, that protocol's positives moved ahead of the other images (both keeping

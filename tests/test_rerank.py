@@ -411,7 +411,7 @@ def test_rerank_dispatch_matches_the_functions():
     np.testing.assert_array_equal(rr.rerank("aqe", q, db, qe_k=3)[0], rr.aqe(q, db, k=3)[0])
     np.testing.assert_array_equal(rr.rerank("alpha_qe", q, db, qe_k=3, qe_alpha=2.0)[0],
                                   rr.alpha_qe(q, db, k=3, alpha=2.0)[0])
-    np.testing.assert_array_equal(rr.rerank("alpha_qe+dba", q, db, qe_k=2, dba_k=3)[0],
+    np.testing.assert_array_equal(rr.rerank("alpha_qe+alpha_dba", q, db, qe_k=2, dba_k=3)[0],
                                   rr.rerank_dba(q, db, k=3, alpha=3.0, qe_k=2, qe_alpha=3.0)[0])
     # aqe+dba (Gordo et al.): plain AQE over the plain-DBA database, computed directly
     aug = rr.dba(db, k=20, alpha=0.0)

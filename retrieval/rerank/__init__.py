@@ -36,7 +36,7 @@ __all__ = ["METHODS", "db_neighbours", "first_ranks", "qe_vectors", "aqe", "alph
            "neighbour_recall", "superglobal_rerank", "superglobal_rerank_loop", "SUPERGLOBAL_DEFAULTS"]
 
 
-METHODS = ("aqe", "alpha_qe", "dba", "alpha_dba", "aqe+dba", "alpha_qe+dba", "diffusion", "superglobal")
+METHODS = ("aqe", "alpha_qe", "dba", "alpha_dba", "aqe+dba", "alpha_qe+alpha_dba", "diffusion", "superglobal")
 
 
 def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alpha: float = 3.0,
@@ -45,7 +45,7 @@ def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alp
     """One classic method by name (:data:`METHODS`), with the parameters the notebooks expose:
     ``aqe`` (k = qe_k), ``alpha_qe`` (qe_k, qe_alpha), ``dba`` (plain, k = dba_k), ``alpha_dba``
     (dba_k, dba_alpha), ``aqe+dba`` (AQE with qe_k on the plain-DBA db with dba_k: Gordo et al.'s
-    R-MAC protocol, k = 1 and 20 there), ``alpha_qe+dba`` (αQE on the αDBA-augmented db) and
+    R-MAC protocol, k = 1 and 20 there), ``alpha_qe+alpha_dba`` (αQE on the αDBA-augmented db) and
     ``diffusion`` (k = diffusion_k, truncate) and ``superglobal`` (:func:`superglobal_rerank` of the
     exact first stage's top ``superglobal_m``; rows after M keep the first-stage order, with their
     first-stage score − 3, below every re-ranked score). Returns ``(ranks, scores)`` like
@@ -60,7 +60,7 @@ def rerank(method: str, query: np.ndarray, db: np.ndarray, qe_k: int = 2, qe_alp
         return rerank_dba(query, db, k=dba_k, alpha=dba_alpha, top=top, **kwargs)
     if method == "aqe+dba":  # AQE = αQE with α = 0 (every neighbour weighted 1)
         return rerank_dba(query, db, k=dba_k, alpha=0.0, qe_k=qe_k, qe_alpha=0.0, top=top, **kwargs)
-    if method == "alpha_qe+dba":
+    if method == "alpha_qe+alpha_dba":
         return rerank_dba(query, db, k=dba_k, alpha=dba_alpha, qe_k=qe_k, qe_alpha=qe_alpha, top=top, **kwargs)
     if method == "diffusion":
         return diffusion(query, db, k=diffusion_k, truncate=truncate, top=top, **kwargs)

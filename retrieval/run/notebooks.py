@@ -45,7 +45,7 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
     metrics.json. Each notebook gets ``run_dir``, ``fig_dir`` (default ``<run_dir>/figures``) and those
     of ``parameters`` it declares (:func:`route_parameters`). When every notebook ran, ``<run_dir>/run.json``
     records where the numbers come from (:func:`~retrieval.run.provenance.provenance`: machine, commit,
-    date, ``command``, profile, parameters, notebooks, seconds)."""
+    date, ``command``, profile, parameters, notebooks, seconds in all and per notebook)."""
     import papermill as pm  # lazy: notebook runner only
 
     run_dir = resolve(run_dir).absolute()
@@ -57,14 +57,15 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
     routed = route_parameters(dict(parameters or {}), selected)
     before = os.environ.get(PROFILE_ENV)
     os.environ[PROFILE_ENV] = profile  # the kernels inherit it; their parameters cells read it
-    t_all = time.perf_counter()
+    t_all, took = time.perf_counter(), {}
     try:
         for nb in selected:
             t = time.perf_counter()
             print(f"[{time.strftime('%H:%M:%S')}] {nb.name} ...", flush=True)
             pm.execute_notebook(str(nb), str(run_dir / nb.name), parameters=dict(common, **routed[nb.name]),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=progress)
-            print(f"    done in {time.perf_counter() - t:.1f} s", flush=True)
+            took[nb.stem] = round(time.perf_counter() - t, 1)
+            print(f"    done in {took[nb.stem]:.1f} s", flush=True)
     finally:
         if before is None:
             os.environ.pop(PROFILE_ENV, None)
@@ -73,7 +74,7 @@ def run_notebooks(run_dir: str | os.PathLike = "runs/demo", profile: str = "full
     command = command or [f"run_notebooks({str(run_dir)!r}, profile={profile!r})"]
     atomic_write_json(RunLayout(run_dir).run_file, provenance(
         command, profile=profile, parameters=dict(parameters or {}), notebooks=[nb.name for nb in selected],
-        seconds=round(time.perf_counter() - t_all, 1)))
+        seconds=round(time.perf_counter() - t_all, 1), notebook_seconds=took))
     return load_metrics(run_dir)
 
 

@@ -28,7 +28,7 @@ README = ROOT / "README.md"
 README_MARKS = ("<!-- results:demo:start -->", "<!-- results:demo:end -->")
 # the README's short table: (notebook, method) rows of the demo record, in this order; a method is a glob
 # pattern (fnmatch), and where several rows match, the shortest name is taken (the first stage's "+dba",
-# not "+alpha_qe+dba")
+# not "+alpha_qe+alpha_dba")
 README_ROWS = (("01_extract_features", "gem-efficientnet_lite0-untrained"),
                ("01_extract_features", "gem-efficientnet_lite0-imagenet"),
                ("02_train_global", "gem-efficientnet_lite0"),
@@ -88,13 +88,16 @@ def _table(rows: list[tuple[str, str, dict]], with_dataset: bool) -> list[str]:
     Hard (or classic)."""
     cols = _columns([r for _, _, r in rows])
     p10 = [p for p in cols if p != "easy"]
+    timed = any("ms_per_query" in (r.get("recorded") or {}) for _, _, r in rows)
     head = (["dataset"] if with_dataset else []) + ["method"] + [f"{PROTOCOL_LABELS[p]} mAP" for p in cols] + \
-        [f"{PROTOCOL_LABELS[p]} mP@10" for p in p10]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * (len(head) - len(cols) - len(p10))
-                                                              + ["---:"] * (len(cols) + len(p10))) + " |"]
+        [f"{PROTOCOL_LABELS[p]} mP@10" for p in p10] + (["ms / query"] if timed else [])
+    n_num = len(cols) + len(p10) + timed
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * (len(head) - n_num) + ["---:"] * n_num) + " |"]
     for dataset, method, res in rows:
         vals = [f"{100 * res[p]['map']:.2f}" if p in res else "-" for p in cols]
         vals += [f"{100 * res[p]['mp@10']:.2f}" if p in res and "mp@10" in res[p] else "-" for p in p10]
+        ms = (res.get("recorded") or {}).get("ms_per_query")
+        vals += [f"{ms:.2f}" if ms is not None else "-"] if timed else []
         lines.append("| " + " | ".join(([dataset] if with_dataset else []) + [method] + vals) + " |")
     return lines
 
@@ -113,10 +116,12 @@ def _provenance(record: dict) -> list[str]:
     seconds = run.get("seconds")
     took = f", {seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else ""
     params = run.get("parameters") or {}
+    per = run.get("notebook_seconds") or {}
     return [f"- command: `{run.get('command')}` (profile `{run.get('profile')}`"
             + (f", parameters `{json.dumps(params, sort_keys=True)}`" if params else "") + ")",
             f"- commit `{run.get('commit')}`, {run.get('date')}{took}",
-            f"- machine: {_machine(run.get('machine') or {})}"]
+            f"- machine: {_machine(run.get('machine') or {})}"] + \
+        (["- minutes per notebook: " + ", ".join(f"{nb[:2]} {s / 60:.1f}" for nb, s in per.items())] if per else [])
 
 
 _STATS_ROWS = (("queries", "queries"), ("query landmarks", "query_landmarks"), ("part queries", "part_queries"),
@@ -153,6 +158,14 @@ def _benchmark(record: dict) -> list[str]:
                   "README; multi-scale): mAP ×100.", "", "| set | M mAP | H mAP |", "| --- | ---: | ---: |"]
         lines += [f"| `{d}` | {100 * r['medium']['map']:.2f} | {100 * r['hard']['map']:.2f} |" for d, _, r in first]
         lines += [f"| roxford5k (published) | {ref['roxford5k_M']:.2f} | {ref['roxford5k_H']:.2f} |"]
+    cost = []
+    if (bench.get("distractors") or {}).get("render_seconds"):
+        cost.append(f"rendering the {bench['distractors']['n']:,} distractors took "
+                    f"{bench['distractors']['render_seconds']:.0f} s (00)")
+    cost += [f"the descriptors of `{d}` {r['recorded']['descriptor_seconds']:.0f} s (03, `{m}`, extracted once per network)"
+             for d, m, r in first if "+" in d and (r.get("recorded") or {}).get("descriptor_seconds")]
+    if cost:
+        lines += ["", "Cost on this record's machine: " + "; ".join(cost) + "."]
     return lines + [""]
 
 
@@ -176,7 +189,8 @@ def render_readme_table(record: dict) -> str:
     rows = []
     for notebook, pattern in README_ROWS:
         found = sorted(((len(m), m, d, r) for d, ms in record["metrics"].items() for m, r in ms.items()
-                        if fnmatch.fnmatchcase(m, pattern) and (r.get("recorded") or {}).get("notebook") == notebook),
+                        if fnmatch.fnmatchcase(m, pattern) and (r.get("recorded") or {}).get("notebook") == notebook
+                        and "+" not in d),  # the test set itself, not with distractors
                        key=lambda x: x[:2])
         if not found:
             raise KeyError(f"results/{record['name']}: no row {pattern!r} of {notebook} (README_ROWS names it)")

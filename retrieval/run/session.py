@@ -36,15 +36,20 @@ class Run:
 
     # ------------------------------------------------------------------ the benchmark of the run
     def record_benchmark(self, preset: str, difficulty: float = 1.0, data_seed: int = 0,
-                         n_distractors: int = 0, stats: dict | None = None) -> Path:
+                         n_distractors: int = 0, stats: dict | None = None,
+                         render_seconds: float | None = None) -> Path:
         """Record the synthetic benchmark of this run (00_data); later notebooks default to it. Names
         its test set, its validation benchmark (``val``: what settings are chosen on) and its rendered
-        distractors (``distractors``: the set and how many are rendered); ``stats``: the sets' sizes
+        distractors (``distractors``: the set, how many are rendered and ``render_seconds``, the wall-clock
+        time this run spent rendering them: 0 when they were already there); ``stats``: the sets' sizes
         (:func:`~retrieval.datasets.stats.benchmark_stats`)."""
         name = dataset_name(preset, difficulty, data_seed)
+        distractors = dict(set=distractor_set_name(name), n=int(n_distractors))
+        if render_seconds is not None:
+            distractors["render_seconds"] = round(float(render_seconds), 1)
         return atomic_write_json(self.paths.benchmark_file, dict(
             preset=preset, difficulty=float(difficulty), data_seed=int(data_seed), name=name, val=val_name(name),
-            distractors=dict(set=distractor_set_name(name), n=int(n_distractors)), **({"stats": stats} if stats else {})))
+            distractors=distractors, **({"stats": stats} if stats else {})))
 
     def benchmark(self, preset: str | None = None, data_seed: int | None = None) -> dict:
         """The synthetic benchmark a notebook uses: ``preset`` / ``data_seed`` when given, else the
@@ -149,12 +154,14 @@ class Run:
 
     # ------------------------------------------------------------------ results
     def record(self, dataset: str, method: str, results: dict, image_size=None, model=None,
-               weights: str | None = None) -> str:
+               weights: str | None = None, aps: dict | None = None, **measured) -> str:
         """Add ``results`` (an evaluate() output) to the run's metrics.json with where they came from:
-        this notebook, the image size and the weights' fingerprint (of ``model``, or ``weights``).
-        Returns the key it was stored under (:func:`~retrieval.run.store.record_metrics`)."""
+        this notebook, the image size and the weights' fingerprint (of ``model``, or ``weights``), and
+        any ``measured`` figures of the row (e.g. ``ms_per_query``); ``aps``: its per-query APs
+        (:func:`~retrieval.metrics.per_query_ap`), for intervals. Returns the key it was stored under
+        (:func:`~retrieval.run.store.record_metrics`)."""
         if model is not None and weights is None:
             weights = model_fingerprint(model)
         recorded = {k: v for k, v in (("notebook", self.notebook), ("image_size", image_size),
-                                      ("weights", weights)) if v is not None}
-        return record_metrics(self.paths.root, dataset, method, results, recorded=recorded or None)
+                                      ("weights", weights), *measured.items()) if v is not None}
+        return record_metrics(self.paths.root, dataset, method, results, recorded=recorded or None, aps=aps)

@@ -36,13 +36,14 @@ def load_metrics(run_dir: str | os.PathLike) -> dict:
 
 
 def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, results: dict,
-                   recorded: dict | None = None) -> str:
+                   recorded: dict | None = None, aps: dict | None = None) -> str:
     """Add (or replace) ``results[dataset][method]`` in ``<run_dir>/metrics.json``, atomically; returns
     the key it was stored under.
 
     ``results``: an evaluate() output, E/M/H (revisited sets) or ``classic`` (Oxford5k/Paris6k).
     ``recorded``: where the row comes from (``notebook``, ``image_size``, ``weights`` fingerprint),
-    stored beside the protocols. A row is replaced by the notebook that wrote it, or by a new measurement
+    stored beside the protocols. ``aps``: per-query AP per protocol (:func:`~retrieval.metrics.per_query_ap`),
+    stored under ``"ap"`` (6 decimals, None for a query without positives) for paired comparisons. A row is replaced by the notebook that wrote it, or by a new measurement
     of the same model (same image size and weights; the row keeps its notebook); another notebook's row
     for another model under the same name is kept, and the new row goes under ``"<method> [<notebook>]"``.
     """
@@ -54,6 +55,9 @@ def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, result
     row = {p: {k: float(v) for k, v in results[p].items()} for p in protocols}
     if recorded:
         row["recorded"] = dict(recorded)
+    if aps is not None:
+        row["ap"] = {p: [round(float(x), 6) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
+                     for p, v in aps.items()}
     metrics = load_metrics(run_dir)
     rows = metrics.setdefault(dataset, {})
     key, old = method, (rows.get(method) or {}).get("recorded")

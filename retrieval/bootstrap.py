@@ -1,0 +1,59 @@
+"""Paired bootstrap intervals over query landmarks: is a difference between two methods more than noise?
+
+Queries of one landmark share their ground truth and their mistakes, so the unit of independence is the
+landmark, not the query (``../shared/protocol.md``; Efron & Tibshirani, *An Introduction to the
+Bootstrap*, 1993, ch. 13 percentile intervals). For methods A and B evaluated on the same queries,
+``d_q = AP_A(q) - AP_B(q)``; each resample draws landmarks with replacement, each draw bringing all its
+queries, and takes the mean of ``d`` over the drawn queries. The interval is the percentile interval of
+those means.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def paired_bootstrap(ap_a: Sequence[float], ap_b: Sequence[float], groups: Sequence, n_boot: int = 10_000,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """Mean difference ``mean(ap_a - ap_b)`` over the queries and its ``level`` percentile interval by
+    resampling ``groups`` (one label per query: its landmark) with replacement, ``n_boot`` times (seeded).
+
+    ``ap_a``, ``ap_b``: per-query AP (nq,) of two methods on the same queries (a query NaN in either,
+    e.g. one without positives under a protocol, is left out of both). Returns ``{"diff", "low", "high",
+    "n_queries", "n_groups", "n_boot", "level", "excludes_zero"}`` (fractions, like the APs).
+    """
+    a, b = np.asarray(ap_a, dtype=np.float64), np.asarray(ap_b, dtype=np.float64)
+    labels = np.asarray(groups)
+    if a.ndim != 1 or a.shape != b.shape or labels.shape != a.shape:
+        raise ValueError(f"ap_a, ap_b and groups must be 1-D of one length, got {a.shape}, {b.shape}, {labels.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    if not keep.any():
+        raise ValueError("no query has a finite AP in both methods")
+    d, labels = a[keep] - b[keep], labels[keep]
+    _, g = np.unique(labels, return_inverse=True)
+    sums, counts = np.bincount(g, weights=d), np.bincount(g).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    means = sums[draws].sum(1) / counts[draws].sum(1)
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return dict(diff=float(d.mean()), low=float(low), high=float(high), n_queries=int(d.size), n_groups=int(len(sums)),
+                n_boot=int(n_boot), level=float(level), excludes_zero=bool(low > 0 or high < 0))
+
+
+def verdict(intervals: Sequence[dict]) -> str:
+    """``holds`` when every interval (one per seed) excludes 0 on the same side, else ``inconclusive``."""
+    if not intervals:
+        raise ValueError("verdict of no intervals")
+    signs = {np.sign(iv["diff"]) for iv in intervals}
+    return "holds" if all(iv["excludes_zero"] for iv in intervals) and len(signs) == 1 else "inconclusive"
+
+
+def format_interval(iv: dict, scale: float = 100.0) -> str:
+    """``+1.23 [-0.40, +2.95]`` (×``scale``)."""
+    return f"{scale * iv['diff']:+.2f} [{scale * iv['low']:+.2f}, {scale * iv['high']:+.2f}]"

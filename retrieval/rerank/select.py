@@ -1,0 +1,91 @@
+"""Settings of the classic re-rankers chosen on the validation benchmark, the same way for every method.
+
+The protocol (``../shared/protocol.md``): per method a declared grid; the criterion is the mean of Medium
+and Hard mAP on the validation benchmark; ties go to the cheaper setting (smaller k, shorter list: the grid's
+values in their listed order, earlier = cheaper, compared parameter by parameter). The whole sweep is
+returned, so a reader sees how flat or sharp the optimum is and whether it sits at the grid's edge. The
+function is given the validation set's descriptors and ground truth only: the test set is reported at the
+selected setting, never searched over.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..metrics import evaluate
+
+_K = [1, 2, 3, 5, 10, 20]
+_ALPHA = [0.0, 1.0, 3.0, 5.0]
+
+#: the declared grids (issue 29): parameter → values, cheapest first. ``alpha_qe+alpha_dba`` shares one α
+#: between the query side and the db side (Radenović et al. TPAMI 2018 use α = 3 for both).
+GRIDS: dict[str, dict[str, list]] = {
+    "aqe": {"qe_k": _K},
+    "alpha_qe": {"qe_k": _K, "qe_alpha": _ALPHA},
+    "dba": {"dba_k": _K},
+    "alpha_dba": {"dba_k": _K, "dba_alpha": _ALPHA},
+    "aqe+dba": {"qe_k": _K, "dba_k": _K},
+    "alpha_qe+alpha_dba": {"qe_k": _K, "dba_k": _K, "alpha": _ALPHA},
+    "diffusion": {"diffusion_k": [5, 10, 20, 50], "truncate": [200, 1000]},
+    "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15], "beta": [0.1, 0.15, 0.3]},
+}
+
+
+def criterion(result: Mapping) -> float:
+    """The selection criterion: mean of Medium and Hard mAP of an evaluate() result."""
+    return 0.5 * (result["medium"]["map"] + result["hard"]["map"])
+
+
+def settings(grid: Mapping[str, Sequence]) -> list[dict]:
+    """Every combination of ``grid`` (parameter → values), cheapest first (lexicographic in the grid's order)."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def resolve_setting(setting: Mapping, n_db: int) -> dict:
+    """A grid setting made concrete for a db of ``n_db`` images: a share like ``"8%"`` → that share of
+    the db, rounded (at least 1); the shared ``alpha`` → ``qe_alpha`` and ``dba_alpha``."""
+    out = {}
+    for name, value in setting.items():
+        if isinstance(value, str) and value.endswith("%"):
+            value = max(1, int(round(float(value[:-1]) / 100 * n_db)))
+        if name == "alpha":
+            out.update(qe_alpha=value, dba_alpha=value)
+        else:
+            out[name] = value
+    return out
+
+
+def select_setting(method: str, query: np.ndarray, db: np.ndarray, gnd: Sequence[dict],
+                   run: Callable[..., tuple[np.ndarray, np.ndarray]], grid: Mapping[str, Sequence] | None = None,
+                   progress: bool = True) -> dict:
+    """Sweep ``grid`` (default :data:`GRIDS`\\ [method]) of ``method`` on a validation benchmark: ``query``
+    (n_q, D) and ``db`` (n_db, D) descriptors and its ``gnd``; ``run(method, query, db, **setting)`` returns
+    ``(ranks, scores)`` (e.g. :func:`retrieval.rerank.rerank`). Returns ``{"method", "selected"`` (the grid
+    setting), ``"params"`` (it made concrete: :func:`resolve_setting`), ``"criterion"``, ``"sweep"``: one
+    ``{"setting", "params", "criterion", "easy", "medium", "hard"}`` per setting, cheapest first``}``."""
+    grid = GRIDS[method] if grid is None else grid
+    sweep = []
+    for setting in tqdm(settings(grid), desc=f"select {method}", disable=not progress, leave=False):
+        params = resolve_setting(setting, len(db))
+        res = evaluate(run(method, query, db, **params)[0], gnd)
+        sweep.append(dict(setting=setting, params=params, criterion=criterion(res),
+                          **{p: res[p]["map"] for p in ("easy", "medium", "hard") if p in res}))
+    best = max(range(len(sweep)), key=lambda i: (sweep[i]["criterion"], -i))  # ties: the earlier (cheaper) one
+    return dict(method=method, selected=sweep[best]["setting"], params=sweep[best]["params"],
+                criterion=sweep[best]["criterion"], sweep=sweep)
+
+
+def at_edge(selection: Mapping) -> list[str]:
+    """The parameters whose selected value is the first or last of its grid (more may lie beyond)."""
+    values = {}
+    for row in selection["sweep"]:
+        for name, v in row["setting"].items():
+            values.setdefault(name, [])
+            if v not in values[name]:
+                values[name].append(v)
+    return [n for n, vs in values.items() if len(vs) > 1 and selection["selected"][n] in (vs[0], vs[-1])]

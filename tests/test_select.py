@@ -1,0 +1,59 @@
+"""Selection of re-ranking settings on a validation benchmark: the criterion, the tie rule, concrete
+settings, and that the selection is the argmax of the recorded sweep computed independently."""
+
+import numpy as np
+import pytest
+
+from retrieval.metrics import evaluate
+from retrieval.rerank import rerank
+from retrieval.rerank.select import GRIDS, at_edge, criterion, resolve_setting, select_setting, settings
+
+
+def _bench(seed=0, n_lm=6, per_q=2, per_db=8, dim=16):
+    """Clustered vectors: each landmark a centre; queries and db views around it, plus noise images."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_lm, dim))
+    q = np.concatenate([centres[i] + 0.9 * rng.normal(size=(per_q, dim)) for i in range(n_lm)])
+    db = np.concatenate([centres[i] + 0.9 * rng.normal(size=(per_db, dim)) for i in range(n_lm)]
+                        + [rng.normal(size=(30, dim))])
+    norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    gnd = []
+    for i in range(n_lm):
+        ids = list(range(i * per_db, (i + 1) * per_db))
+        for _ in range(per_q):
+            gnd.append(dict(bbx=[0, 0, 1, 1], easy=ids[:per_db // 2], hard=ids[per_db // 2:], junk=[]))
+    return norm(q), norm(db), gnd
+
+
+def test_selection_is_the_argmax_of_its_sweep_recomputed():
+    q, db, gnd = _bench()
+    sel = select_setting("dba", q, db, gnd, rerank, progress=False)
+    expect = [criterion(evaluate(rerank("dba", q, db, dba_k=k)[0], gnd)) for k in GRIDS["dba"]["dba_k"]]
+    assert [r["criterion"] for r in sel["sweep"]] == pytest.approx(expect)
+    best = max(expect)
+    assert sel["selected"] == {"dba_k": GRIDS["dba"]["dba_k"][expect.index(best)]}  # first (cheapest) of ties
+    assert sel["criterion"] == pytest.approx(best)
+
+
+def test_ties_go_to_the_cheaper_setting():
+    q, db, gnd = _bench()
+    flat = lambda method, query, db_, **kw: rerank("aqe", query, db_, qe_k=1)  # noqa: E731  every setting equal
+    sel = select_setting("aqe", q, db, gnd, flat, progress=False)
+    assert sel["selected"] == {"qe_k": 1}
+    assert at_edge(sel) == ["qe_k"]
+
+
+def test_settings_and_resolve():
+    assert settings({"a": [1, 2], "b": ["x", "y"]}) == [dict(a=1, b="x"), dict(a=1, b="y"), dict(a=2, b="x"),
+                                                          dict(a=2, b="y")]
+    assert resolve_setting({"superglobal_m": "8%", "alpha": 3.0}, 1570) == dict(superglobal_m=126, qe_alpha=3.0,
+                                                                               dba_alpha=3.0)
+    assert resolve_setting({"superglobal_m": 400}, 100) == dict(superglobal_m=400)
+
+
+def test_every_declared_grid_runs_through_rerank():
+    q, db, gnd = _bench(n_lm=3, per_db=6)
+    small = {m: {p: v[:2] for p, v in g.items()} for m, g in GRIDS.items()}
+    for method, grid in small.items():
+        sel = select_setting(method, q, db, gnd, rerank, grid=grid, progress=False)
+        assert len(sel["sweep"]) == int(np.prod([len(v) for v in grid.values()]))
