@@ -41,15 +41,21 @@ class Run:
         """Record the synthetic benchmark of this run (00_data); later notebooks default to it. Names
         its test set, its validation benchmark (``val``: what settings are chosen on) and its rendered
         distractors (``distractors``: the set, how many are rendered and ``render_seconds``, the wall-clock
-        time this run spent rendering them: 0 when they were already there); ``stats``: the sets' sizes
+        time this run spent rendering them: 0 when they were already there), and each query's landmark
+        per set (``query_landmarks``: what intervals resample); ``stats``: the sets' sizes
         (:func:`~retrieval.datasets.stats.benchmark_stats`)."""
         name = dataset_name(preset, difficulty, data_seed)
         distractors = dict(set=distractor_set_name(name), n=int(n_distractors))
+        groups = {}  # each query's landmark, per set: the unit the bootstrap intervals resample
+        for ds in (name, val_name(name)):
+            file = data_dir() / "test" / ds / "landmarks.json"
+            if file.is_file():
+                groups[ds] = json.loads(file.read_text())["query"]
         if render_seconds is not None:
             distractors["render_seconds"] = round(float(render_seconds), 1)
         return atomic_write_json(self.paths.benchmark_file, dict(
             preset=preset, difficulty=float(difficulty), data_seed=int(data_seed), name=name, val=val_name(name),
-            distractors=distractors, **({"stats": stats} if stats else {})))
+            distractors=distractors, query_landmarks=groups, **({"stats": stats} if stats else {})))
 
     def benchmark(self, preset: str | None = None, data_seed: int | None = None) -> dict:
         """The synthetic benchmark a notebook uses: ``preset`` / ``data_seed`` when given, else the
