@@ -57,3 +57,54 @@ def verdict(intervals: Sequence[dict]) -> str:
 def format_interval(iv: dict, scale: float = 100.0) -> str:
     """``+1.23 [-0.40, +2.95]`` (×``scale``)."""
     return f"{scale * iv['diff']:+.2f} [{scale * iv['low']:+.2f}, {scale * iv['high']:+.2f}]"
+
+
+def _score(result: dict) -> float:
+    return 0.5 * (result["medium"]["map"] + result["hard"]["map"])
+
+
+def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
+                 protocols: Sequence[str] = ("medium", "hard"), n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Paired intervals of a results table: ``results`` maps a row name to an evaluate() result with
+    per-query APs under ``"ap"`` (``evaluate(..., per_query=True)``, or a recorded row whose ``"ap"``
+    lists hold None for NaN). Returns ``{"reference", "rows": {name: {protocol: interval}}`` (each row
+    minus ``reference``, default the first row)``, "best", "runner_up", "best_vs_runner_up": {protocol:
+    interval}, "verdict"}``; best = the highest mean of Medium and Hard mAP (None without two rows)."""
+    have = {n: r for n, r in results.items() if isinstance(r, dict) and r.get("ap")
+            and all(p in r for p in protocols)}
+    if not have:
+        return dict(reference=None, rows={}, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
+    ref = reference if reference is not None else next(iter(have))
+
+    def ap(name, p):
+        return np.array([np.nan if v is None else v for v in have[name]["ap"][p]], dtype=float)
+
+    def diff(a, b):
+        return {p: paired_bootstrap(ap(a, p), ap(b, p), groups, n_boot=n_boot, seed=seed) for p in protocols}
+
+    rows = {n: diff(n, ref) for n in have if n != ref}
+    out = dict(reference=ref, rows=rows, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
+    if len(have) >= 2 and set(protocols) == {"medium", "hard"}:
+        best, runner_up = sorted(have, key=lambda n: -_score(have[n]))[:2]
+        out.update(best=best, runner_up=runner_up, best_vs_runner_up=diff(best, runner_up))
+        out["verdict"] = verdict(list(out["best_vs_runner_up"].values()))
+    return out
+
+
+def format_comparison(results: dict, groups: Sequence, reference: str | None = None, **kwargs) -> str:
+    """The rows' Medium / Hard differences to the reference row with their 95 % intervals (×100), then
+    the best row against the runner-up and the verdict (:func:`compare_rows`)."""
+    cmp = compare_rows(results, groups, reference, **kwargs)
+    if cmp["reference"] is None:
+        return "(no per-query APs: no intervals)"
+    n = len(set(np.asarray(groups).tolist()))
+    w = max(len(str(k)) for k in results) + 2
+    lines = [f"differences to {cmp['reference']}, ×100, 95 % interval by resampling the {n} query landmarks:",
+             f"{'method':<{w}}{'ΔM [95 % CI]':>26}{'ΔH [95 % CI]':>26}"]
+    lines += [f"{name:<{w}}{format_interval(iv['medium']):>26}{format_interval(iv['hard']):>26}"
+              for name, iv in cmp["rows"].items()]
+    if cmp["best"] is not None:
+        b = cmp["best_vs_runner_up"]
+        lines.append(f"best {cmp['best']} − runner-up {cmp['runner_up']}: M {format_interval(b['medium'])}, "
+                     f"H {format_interval(b['hard'])} → {cmp['verdict']} (holds: both intervals exclude 0, same sign)")
+    return "\n".join(lines)

@@ -261,25 +261,26 @@ def protocol_gnd(gnd, protocol: str):
     return out
 
 
-def evaluate(ranks, gnd, kappas=(1, 5, 10)):
+def evaluate(ranks, gnd, kappas=(1, 5, 10), per_query: bool = False):
     """mAP and mP@k of every protocol of ``gnd`` (:func:`gnd_protocols`); ranks (n_ranked, nq).
 
     Revisited gnd → {"easy"|"medium"|"hard": {"map": float, "mp@k": float, ...}}; original
     Oxford5k/Paris6k gnd → {"classic": {...}}, the ``compute_map(ranks, gnd)`` cirtorch runs on
     its ``ok``/``junk`` lists (= :func:`classic_ap`; the query image is in the db and in ``ok``,
-    as in those files). Fractions.
+    as in those files). Fractions. ``per_query``: also ``"ap"``: {protocol: per-query AP (nq,)}, what
+    paired intervals need (:mod:`retrieval.bootstrap`; recorded with the row by ``Run.record``).
     """
-    res = {}
+    res, aps = {}, {}
     for p in gnd_protocols(gnd):
-        m, _, pr, _ = compute_map(ranks, protocol_gnd(gnd, p), kappas)
+        m, aps[p], pr, _ = compute_map(ranks, protocol_gnd(gnd, p), kappas)
         res[p] = {"map": float(m), **{f"mp@{k}": float(v) for k, v in zip(kappas, pr)}}
-    return res
+    return dict(res, ap=aps) if per_query else res
 
 
 def per_query_ap(ranks, gnd) -> dict[str, np.ndarray]:
     """Per-query AP (nq,) of every protocol of ``gnd`` (NaN for a query without positives under it): what
     :func:`evaluate` averages, for paired comparisons (:func:`retrieval.bootstrap.paired_bootstrap`)."""
-    return {p: compute_map(ranks, protocol_gnd(gnd, p))[1] for p in gnd_protocols(gnd)}
+    return evaluate(ranks, gnd, per_query=True)["ap"]
 
 
 def topk_oracle(ranks, gnd, K: int, protocol: str = "medium") -> np.ndarray:
@@ -326,7 +327,7 @@ def _cell(res: Mapping, protocol: str, key: str, width: int = 8) -> str:
 def format_table(results) -> str:
     """Fixed-width table (x100, 2 decimals) of one evaluate() result or of a dict name ->
     evaluate() result; columns E/M/H, ``classic``, or both (``-`` where a result lacks one)."""
-    single = isinstance(results, Mapping) and bool(set(results)) and set(results) <= set(ALL_PROTOCOLS)
+    single = isinstance(results, Mapping) and bool(set(results) - {"ap"}) and set(results) - {"ap"} <= set(ALL_PROTOCOLS)
     named = {"": results} if single else dict(results)
     cols = _columns(named)
     w = max([len(str(n)) for n in named] + [6])

@@ -78,3 +78,29 @@ def test_verdict_and_format():
     assert verdict([pos, pos]) == "holds" and verdict([pos, neg]) == "inconclusive"
     assert verdict([pos, wide]) == "inconclusive"
     assert format_interval(pos) == "+2.00 [+1.00, +3.00]"
+
+
+def test_compare_rows_reference_best_and_runner_up():
+    from retrieval.bootstrap import compare_rows, format_comparison
+
+    groups = _groups(10, 3)
+    rng = np.random.default_rng(5)
+    base = rng.random(30) * 0.5
+
+    def row(shift):
+        ap = {p: base + shift for p in ("easy", "medium", "hard")}
+        return {**{p: {"map": float(v.mean())} for p, v in ap.items()}, "ap": ap}
+
+    results = {"first": row(0.0), "a": row(0.1), "b": row(0.05)}
+    cmp = compare_rows(results, groups, n_boot=500)
+    assert cmp["reference"] == "first" and set(cmp["rows"]) == {"a", "b"}
+    assert cmp["rows"]["a"]["medium"]["diff"] == pytest.approx(0.1)
+    assert (cmp["best"], cmp["runner_up"]) == ("a", "b") and cmp["verdict"] == "holds"
+    assert cmp["best_vs_runner_up"]["hard"]["low"] == pytest.approx(0.05)
+    # recorded rows keep None for a query without positives: left out of both sides
+    recorded = {n: {**r, "ap": {p: [None if i == 0 else float(x) for i, x in enumerate(v)] for p, v in r["ap"].items()}}
+                for n, r in results.items()}
+    assert compare_rows(recorded, groups, n_boot=200)["rows"]["a"]["medium"]["n_queries"] == 29
+    text = format_comparison(results, groups, n_boot=200)
+    assert "10 query landmarks" in text and "→ holds" in text
+    assert format_comparison({"x": {"medium": {"map": 0.1}}}, groups) == "(no per-query APs: no intervals)"

@@ -89,3 +89,33 @@ def at_edge(selection: Mapping) -> list[str]:
             if v not in values[name]:
                 values[name].append(v)
     return [n for n, vs in values.items() if len(vs) > 1 and selection["selected"][n] in (vs[0], vs[-1])]
+
+
+def plot_selection(selections: Mapping[str, Mapping], title: str = ""):
+    """One panel per method: the validation criterion (mean of Medium and Hard mAP ×100) against its main
+    parameter (the grid's first), the best over its other parameters at each value; the selected setting
+    marked. ``selections``: method → :func:`select_setting` output. Returns the figure."""
+    import matplotlib.pyplot as plt  # lazy: figures only
+
+    n = len(selections)
+    cols = min(4, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.0 * cols, 2.3 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, (method, sel) in zip(axes.ravel(), selections.items()):
+        main = next(iter(sel["selected"]))
+        values = list(dict.fromkeys(r["setting"][main] for r in sel["sweep"]))
+        best = [100 * max(r["criterion"] for r in sel["sweep"] if r["setting"][main] == v) for v in values]
+        x = np.arange(len(values))
+        ax.plot(x, best, "o-", color="#1f77b4")
+        i = values.index(sel["selected"][main])
+        ax.plot([i], [best[i]], "*", ms=12, color="#d62728")
+        ax.set_xticks(x, [str(v) for v in values], fontsize=7)
+        ax.set_xlabel(main, fontsize=7)
+        ax.set_title(method, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("val (M+H)/2 mAP ×100", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

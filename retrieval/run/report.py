@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from ..bootstrap import compare_rows, format_interval
 from ..catalog import PUBLISHED
 from ..config import ROOT, resolve
 from ..io import atomic_write_bytes, atomic_write_json
@@ -83,22 +84,74 @@ def _columns(rows: list[dict]) -> list[str]:
     return [p for p in ALL_PROTOCOLS if p in found]
 
 
-def _table(rows: list[tuple[str, str, dict]], with_dataset: bool) -> list[str]:
+def _intervals(rows: list[tuple[str, str, dict]], groups: dict, every: dict | None = None) -> tuple[dict, list[str]]:
+    """Per dataset of ``rows`` whose queries' landmarks ``groups`` knows (by the test set's name): each row
+    that recorded a ``reference`` row, its Medium / Hard difference to that row with the 95 % interval
+    (:func:`compare_rows`), and per reference one claim line, the best of its rows (itself included)
+    against the runner-up: holds / inconclusive. A reference may be another notebook's row of the same
+    dataset (``every``: the record's metrics). Returns ``({(dataset, label): (ΔM, ΔH, reference)}, claims)``."""
+    cells, claims = {}, []
+    for dataset in dict.fromkeys(d for d, _, _ in rows):
+        g = groups.get(dataset.split("+")[0])
+        if g is None:
+            continue
+        mine = {label: res for d, label, res in rows if d == dataset}
+        others = {f"`{m}`": res for m, res in ((every or {}).get(dataset) or {}).items()}
+        by_ref: dict[str, list[str]] = {}
+        for label, res in list(mine.items()):
+            ref = (res.get("recorded") or {}).get("reference")
+            if ref is not None and f"`{ref}`" not in mine and f"`{ref}`" in others:
+                mine[f"`{ref}`"] = others[f"`{ref}`"]  # another notebook's row (e.g. 02's network for 03)
+            if ref is not None and f"`{ref}`" in mine:
+                by_ref.setdefault(f"`{ref}`", []).append(label)
+        for ref, labels in by_ref.items():
+            cmp = compare_rows({n: mine[n] for n in [ref, *labels]}, g, reference=ref)
+            if cmp["reference"] is None:
+                continue
+            cells[(dataset, ref)] = ("(reference)", "(reference)", "")
+            for label, iv in cmp["rows"].items():
+                cells[(dataset, label)] = (format_interval(iv["medium"]), format_interval(iv["hard"]), ref)
+            # the claim: among the rows at their chosen settings (a "before selection" row is a reference point)
+            cmp = compare_rows({n: mine[n] for n in [ref, *labels] if "before selection" not in n}, g, reference=ref)
+            if cmp["best"] is not None:
+                b = cmp["best_vs_runner_up"]
+                claims.append(f"- `{dataset}`: best {cmp['best']} − runner-up {cmp['runner_up']}: M "
+                              f"{format_interval(b['medium'])}, H {format_interval(b['hard'])} → **{cmp['verdict']}**")
+    return cells, claims
+
+
+def _table(rows: list[tuple[str, str, dict]], with_dataset: bool, groups: dict | None = None,
+           every: dict | None = None) -> list[str]:
     """Markdown rows of ``(dataset, label, results)``: mAP ×100 per protocol, then mP@10 ×100 of Medium and
-    Hard (or classic)."""
+    Hard (or classic), ms per query where recorded, the setting chosen on the validation benchmark where
+    recorded, and, where per-query APs and ``groups`` (query landmarks per test set) allow, each row's
+    Medium / Hard difference to its recorded reference row with its 95 % interval, then the claims."""
     cols = _columns([r for _, _, r in rows])
     p10 = [p for p in cols if p != "easy"]
     timed = any("ms_per_query" in (r.get("recorded") or {}) for _, _, r in rows)
+    offline = any("offline_seconds" in (r.get("recorded") or {}) for _, _, r in rows)
+    chosen = any((r.get("recorded") or {}).get("setting") for _, _, r in rows)
+    cells, claims = _intervals(rows, groups or {}, every)
     head = (["dataset"] if with_dataset else []) + ["method"] + [f"{PROTOCOL_LABELS[p]} mAP" for p in cols] + \
-        [f"{PROTOCOL_LABELS[p]} mP@10" for p in p10] + (["ms / query"] if timed else [])
-    n_num = len(cols) + len(p10) + timed
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * (len(head) - n_num) + ["---:"] * n_num) + " |"]
+        [f"{PROTOCOL_LABELS[p]} mP@10" for p in p10] + (["ms / query"] if timed else []) + \
+        (["offline s"] if offline else []) + (["ΔM [95 % CI]", "ΔH [95 % CI]", "vs"] if cells else []) + \
+        (["setting (validation)"] if chosen else [])
+    n_num = len(cols) + len(p10) + timed + offline + 2 * bool(cells)
+    n_text = bool(cells) + chosen  # the reference's name, the setting
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * (len(head) - n_num - n_text) + ["---:"] * n_num
+                                                              + ["---"] * n_text) + " |"]
     for dataset, method, res in rows:
+        rec = res.get("recorded") or {}
         vals = [f"{100 * res[p]['map']:.2f}" if p in res else "-" for p in cols]
         vals += [f"{100 * res[p]['mp@10']:.2f}" if p in res and "mp@10" in res[p] else "-" for p in p10]
-        ms = (res.get("recorded") or {}).get("ms_per_query")
-        vals += [f"{ms:.2f}" if ms is not None else "-"] if timed else []
+        vals += [f"{rec['ms_per_query']:.2f}" if rec.get("ms_per_query") is not None else "-"] if timed else []
+        vals += [f"{rec['offline_seconds']:.1f}" if rec.get("offline_seconds") is not None else "-"] if offline else []
+        vals += list(cells.get((dataset, method), ("-", "-", ""))) if cells else []
+        vals += [", ".join(f"{k} {v}" for k, v in (rec.get("setting") or {}).items()) or "-"] if chosen else []
         lines.append("| " + " | ".join(([dataset] if with_dataset else []) + [method] + vals) + " |")
+    if claims:
+        lines += ["", "Differences: ×100, 95 % interval of a paired bootstrap over the query landmarks (10,000 "
+                  "resamples); a claim **holds** when both intervals exclude 0 on the same side.", ""] + claims
     return lines
 
 
@@ -179,8 +232,9 @@ def render_results(records: list[dict]) -> str:
         datasets = sorted(record["metrics"])
         lines += [f"## `{record['name']}` ({', '.join(datasets)})", ""] + _provenance(record) + [""]
         lines += _benchmark(record)
+        groups = (record.get("benchmark") or {}).get("query_landmarks") or {}
         for notebook, rows in _by_notebook(record["metrics"]).items():
-            lines += [f"### {notebook}", ""] + _table(rows, with_dataset=len(datasets) > 1) + [""]
+            lines += [f"### {notebook}", ""] + _table(rows, len(datasets) > 1, groups, record["metrics"]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -160,14 +160,17 @@ class Run:
 
     # ------------------------------------------------------------------ results
     def record(self, dataset: str, method: str, results: dict, image_size=None, model=None,
-               weights: str | None = None, aps: dict | None = None, **measured) -> str:
+               weights: str | None = None, aps: dict | None = None, reference: str | None = None, **measured) -> str:
         """Add ``results`` (an evaluate() output) to the run's metrics.json with where they came from:
         this notebook, the image size and the weights' fingerprint (of ``model``, or ``weights``), and
         any ``measured`` figures of the row (e.g. ``ms_per_query``); ``aps``: its per-query APs
-        (:func:`~retrieval.metrics.per_query_ap`), for intervals. Returns the key it was stored under
+        (:func:`~retrieval.metrics.per_query_ap`), for intervals; ``reference``: the row (method) this one is
+        compared with (its difference and interval in the docs). Returns the key it was stored under
         (:func:`~retrieval.run.store.record_metrics`)."""
         if model is not None and weights is None:
             weights = model_fingerprint(model)
         recorded = {k: v for k, v in (("notebook", self.notebook), ("image_size", image_size),
-                                      ("weights", weights), *measured.items()) if v is not None}
+                                      ("weights", weights), ("reference", reference), *measured.items())
+                    if v is not None}
+        aps = aps if aps is not None else results.get("ap")  # evaluate(..., per_query=True) carries them
         return record_metrics(self.paths.root, dataset, method, results, recorded=recorded or None, aps=aps)

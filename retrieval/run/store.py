@@ -63,7 +63,8 @@ def record_metrics(run_dir: str | os.PathLike, dataset: str, method: str, result
     key, old = method, (rows.get(method) or {}).get("recorded")
     if recorded and old and old.get("notebook") != recorded.get("notebook"):
         if (old.get("image_size"), old.get("weights")) == (recorded.get("image_size"), recorded.get("weights")):
-            row["recorded"]["notebook"] = old.get("notebook")  # the same model measured again: the row keeps its owner
+            # the same model measured again: the row keeps its owner and what the owner recorded beside it
+            row["recorded"] = {**old, **{k: v for k, v in row["recorded"].items() if k != "notebook"}}
         else:
             key = f"{method} [{recorded.get('notebook')}]"
     rows[key] = row
