@@ -13,6 +13,11 @@ import pytest
 import torch
 
 from retrieval.config import ROOT
+from retrieval.datasets import load_revisited
+from retrieval.io import load_features
+from retrieval.models.whitening import Whitening
+from retrieval.rerank import rerank
+from retrieval.rerank.select import select_setting
 from retrieval.extract import extract_test_set_cached, model_fingerprint
 from retrieval.run import Run, RunLayout
 from retrieval.models import build_global_net, load_model, save_model
@@ -137,7 +142,24 @@ def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_che
     for nb in ("01_extract_features", "02_train_global", "03_rerank", "06_train_token", "07_dir_experiments"):
         assert by_nb[nb] == {160}, (nb, by_nb[nb])
     assert json.loads((run / "benchmark.json").read_text())["name"] == "synth-tiny-s7"
-    assert {p.name for p in (run / "features").iterdir()} == {"synth-tiny-s7", "synth-tiny-s7-distractors"}
+    assert {p.name for p in (run / "features").iterdir()} == {"synth-tiny-s7", "synth-tiny-s7-distractors",
+                                                              "synth-tiny-s7-val"}
+    # 03's rows carry the settings chosen on the validation benchmark, and they are what the selection
+    # function returns given the validation set alone (its cached descriptors, whitened as 03 does)
+    (sel_file,) = (run / "selection").glob("*.json")
+    first, selection = sel_file.stem, json.loads(sel_file.read_text())
+    network, alpha = first.split("+lw-shrink")[0], float(first.split("+lw-shrink")[1])
+    layout = RunLayout(run)
+    q, db, _ = load_features(layout.features("synth-tiny-s7-val", network, 160))
+    lw = Whitening.load(layout.whitening(network, alpha))
+    val = load_revisited(tmp_path / "data", "synth-tiny-s7-val")
+    for method, sel in selection.items():
+        again = select_setting(method, lw.apply(q), lw.apply(db), val.gnd, rerank, progress=False)
+        assert again["selected"] == sel["selected"] and again["params"] == sel["params"], method
+        for dataset in ("synth-tiny-s7", "synth-tiny-s7+synth-200"):
+            assert metrics[dataset][f"{first}+{method}"]["recorded"]["setting"] == sel["params"], (dataset, method)
+            assert metrics[dataset][f"{first}+{method}"]["recorded"]["reference"] == first
+            assert len(metrics[dataset][f"{first}+{method}"]["ap"]["hard"]) == 6
     assert (run / "anchors" / "synth-tiny-s7").is_dir() and (run / "figures" / "08_top10.png").is_file()
     assert sorted(p.name for p in (ROOT / "figures").iterdir()) == before
     assert not (ROOT / "data" / "test" / "synth-tiny-s7").exists()
