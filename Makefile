@@ -33,9 +33,9 @@ env-gpu: env  ## the environment with faiss-gpu (CUDA) in place of faiss-cpu (bo
 data: env  ## generate the embedded synthetic benchmark (default preset) under data/
 	$(PY) -m retrieval.datasets generate --preset default
 
-# the demo renders and appends 5,000 distractors (the notebooks' default: 10,000) to stay within its
-# 25-minute budget on 2 cores; `-p n_distractors 10000 -p distractors synth-10k` gives the full set
-DEMO_PARAMS ?= -p n_distractors 5000 -p distractors synth-5k
+# parameters for every notebook of the demo (none: the notebooks' defaults, 10,000 rendered distractors);
+# `make demo DEMO_PARAMS="-p n_distractors 5000 -p distractors synth-5k"` halves the distractors' cost
+DEMO_PARAMS ?=
 
 demo: data  ## run every notebook in order into runs/demo/, figures into figures/, print the summary
 	$(PY) -m retrieval.run demo --run-dir runs/demo --fig-dir figures $(DEMO_PARAMS)

@@ -203,8 +203,9 @@ def _benchmark(record: dict) -> list[str]:
              "mean (min–max). Positives = easy + hard.", "",
              "| | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " ---: |" * len(names)]
     lines += [f"| {label} | " + " | ".join(cell(stats[n].get(key)) for n in names) + " |" for label, key in _STATS_ROWS]
-    first = [(d, m, r) for d, ms in record["metrics"].items() for m, r in ms.items()
-             if (r.get("recorded") or {}).get("notebook") == "03_rerank" and "+" not in m.split("+lw")[-1]]
+    names = {m for ms in record["metrics"].values() for m, r in ms.items()  # 03's first stage (the row may be 02's)
+             if (r.get("recorded") or {}).get("notebook") == "03_rerank" and "+" not in m.split("+lw")[-1]}
+    first = [(d, m, r) for d, ms in record["metrics"].items() for m, r in ms.items() if m in names]
     if first:
         ref = PUBLISHED[REFERENCE_NETWORK].reported
         lines += ["", f"First stage (`{first[0][1]}`, 03) against `{REFERENCE_NETWORK}` on ROxf (reported, cirtorch "
