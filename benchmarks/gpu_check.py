@@ -284,7 +284,9 @@ class Context:
                 from retrieval.datasets import generate
 
                 part = Path(tempfile.mkdtemp(prefix="data-", dir=self.tmp))
-                generate("tiny", part, progress=False)
+                # in this process (workers=1), not a forked pool: a part's process has a watcher thread, and
+                # forking a threaded process can deadlock the child (one CI run hung here until the deadline)
+                generate("tiny", part, progress=False, workers=1)
                 part.rename(root)
             self._root = root
         return self._root
