@@ -64,12 +64,14 @@ def _score(result: dict) -> float:
 
 
 def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
-                 protocols: Sequence[str] = ("medium", "hard"), n_boot: int = 10_000, seed: int = 0) -> dict:
+                 protocols: Sequence[str] = ("medium", "hard"), n_boot: int = 10_000, seed: int = 0,
+                 contenders: Sequence[str] | None = None) -> dict:
     """Paired intervals of a results table: ``results`` maps a row name to an evaluate() result with
     per-query APs under ``"ap"`` (``evaluate(..., per_query=True)``, or a recorded row whose ``"ap"``
     lists hold None for NaN). Returns ``{"reference", "rows": {name: {protocol: interval}}`` (each row
     minus ``reference``, default the first row)``, "best", "runner_up", "best_vs_runner_up": {protocol:
-    interval}, "verdict"}``; best = the highest mean of Medium and Hard mAP (None without two rows)."""
+    interval}, "verdict"}``; best = the highest mean of Medium and Hard mAP among ``contenders`` (default every
+    row; e.g. without the rows kept only as reference points), None without two."""
     have = {n: r for n, r in results.items() if isinstance(r, dict) and r.get("ap")
             and all(p in r for p in protocols)}
     if not have:
@@ -84,8 +86,9 @@ def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
 
     rows = {n: diff(n, ref) for n in have if n != ref}
     out = dict(reference=ref, rows=rows, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
-    if len(have) >= 2 and set(protocols) == {"medium", "hard"}:
-        best, runner_up = sorted(have, key=lambda n: -_score(have[n]))[:2]
+    eligible = [n for n in have if contenders is None or n in contenders]
+    if len(eligible) >= 2 and set(protocols) == {"medium", "hard"}:
+        best, runner_up = sorted(eligible, key=lambda n: -_score(have[n]))[:2]
         out.update(best=best, runner_up=runner_up, best_vs_runner_up=diff(best, runner_up))
         out["verdict"] = verdict(list(out["best_vs_runner_up"].values()))
     return out

@@ -11,14 +11,17 @@ selected setting, never searched over.
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..io import atomic_write_json, jsonable, read_json
 from ..metrics import evaluate
 
-_K = [1, 2, 3, 5, 10, 20]
+_K = [1, 2, 3, 5, 10, 20, 30, 50]      # 20 was the edge on the synthetic benchmark (~48 positives a query)
 _ALPHA = [0.0, 1.0, 3.0, 5.0]
 
 #: the declared grids (issue 29): parameter → values, cheapest first. ``alpha_qe+alpha_dba`` shares one α
@@ -30,9 +33,13 @@ GRIDS: dict[str, dict[str, list]] = {
     "alpha_dba": {"dba_k": _K, "dba_alpha": _ALPHA},
     "aqe+dba": {"qe_k": _K, "dba_k": _K},
     "alpha_qe+alpha_dba": {"qe_k": _K, "dba_k": _K, "alpha": _ALPHA},
-    "diffusion": {"diffusion_k": [5, 10, 20, 50], "truncate": [200, 1000]},
-    "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15], "beta": [0.1, 0.15, 0.3]},
+    "diffusion": {"diffusion_k": [5, 10, 20, 50], "truncate": [100, 200, 1000]},
+    "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15, 25], "beta": [0.1, 0.15, 0.3, 0.5]},
 }
+
+#: CSA's training grid (issue 29): epochs (cheaper first) × SGD learning rate; each model is then scored at
+#: every test K of the notebook's ``csa_K_grid`` on the validation benchmark's lists (:func:`select_trained`)
+CSA_GRID: dict[str, list] = {"epochs": [10, 30], "lr": [0.03, 0.1, 0.3]}
 
 
 def criterion(result: Mapping) -> float:
@@ -80,6 +87,29 @@ def select_setting(method: str, query: np.ndarray, db: np.ndarray, gnd: Sequence
                 criterion=sweep[best]["criterion"], sweep=sweep)
 
 
+def select_trained(method: str, grid: Mapping[str, Sequence], train: Callable[[dict], tuple[object, float]],
+                   score: Callable[[object, object], Mapping], eval_grid: Mapping[str, Sequence],
+                   progress: bool = True) -> dict:
+    """Sweep a trained method on a validation benchmark: ``train(setting)`` → ``(model, seconds)`` for every
+    setting of ``grid`` (e.g. :data:`CSA_GRID`; training lists come from the training split), then
+    ``score(model, value)`` → an ``evaluate()`` result on the validation benchmark for every value of the one
+    test-time parameter in ``eval_grid`` (e.g. ``{"K": [128, 320, 512]}``). Same output as
+    :func:`select_setting` (settings joined: training grid first, then the test-time parameter; ties to the
+    cheaper), each sweep row with its ``train_seconds``."""
+    (name, values), = eval_grid.items()
+    sweep = []
+    for setting in tqdm(settings(grid), desc=f"select {method}", disable=not progress, leave=False):
+        model, seconds = train(dict(setting))
+        for v in values:
+            res = score(model, v)
+            row = dict(setting, **{name: v})
+            sweep.append(dict(setting=row, params=dict(row), criterion=criterion(res), train_seconds=seconds,
+                              **{p: res[p]["map"] for p in ("easy", "medium", "hard") if p in res}))
+    best = max(range(len(sweep)), key=lambda i: (sweep[i]["criterion"], -i))
+    return dict(method=method, selected=sweep[best]["setting"], params=sweep[best]["params"],
+                criterion=sweep[best]["criterion"], sweep=sweep)
+
+
 def at_edge(selection: Mapping) -> list[str]:
     """The parameters whose selected value is the first or last of its grid (more may lie beyond)."""
     values = {}
@@ -119,3 +149,31 @@ def plot_selection(selections: Mapping[str, Mapping], title: str = ""):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def save_selection(path: str | os.PathLike, selection: Mapping, config: Mapping, **extra) -> Path:
+    """Write a sweep (:func:`select_trained` / :func:`select_setting` output) with the ``config`` it depends
+    on (all but the swept parameters) and ``extra`` (provenance: machine, commit, date, command) as JSON,
+    atomically, so that a later run can reuse the choice (:func:`recorded_selection`)."""
+    return atomic_write_json(path, dict(config=jsonable(dict(config)), selection=jsonable(dict(selection)),
+                                        **jsonable(extra)))
+
+
+def recorded_selection(path: str | os.PathLike, config: Mapping, parameter: str = "path") -> dict:
+    """A sweep written by :func:`save_selection`, accepted only when its stored ``config`` equals ``config``
+    (the cache rule: a choice made for other lists or another model is not reused). FileNotFoundError /
+    ValueError name ``parameter`` and what differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{parameter}={str(path)!r}: no recorded sweep there (rerun the sweep with "
+                                f"{parameter}='rerun', or record a run that did: python -m retrieval.run record)")
+    rec = read_json(path)
+    if not isinstance(rec, dict) or not {"config", "selection"} <= set(rec):
+        raise ValueError(f"{parameter}={str(path)!r}: expected a JSON object with 'config' and 'selection'")
+    want = jsonable(dict(config))
+    diff = {k: (rec["config"].get(k), want.get(k)) for k in sorted(set(rec["config"]) | set(want))
+            if rec["config"].get(k) != want.get(k)}
+    if diff:
+        raise ValueError(f"{parameter}={str(path)!r} was swept with another configuration (recorded, now): "
+                         f"{diff}; rerun the sweep with {parameter}='rerun'")
+    return rec

@@ -43,8 +43,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.PathLike = RESULTS) -> Path:
-    """Copy ``<run_dir>/metrics.json`` and ``run.json`` into ``<results_dir>/<name>/`` (atomically); the
-    folder is the committed record of that run. FileNotFoundError when the run has no ``run.json`` (a run
+    """Copy ``<run_dir>/metrics.json``, ``run.json``, ``benchmark.json`` and the validation sweeps
+    ``selection/*.json`` into ``<results_dir>/<name>/`` (atomically); the folder is the committed record of
+    that run. FileNotFoundError when the run has no ``run.json`` (a run
     of :func:`~retrieval.run.notebooks.run_notebooks` that finished writes it)."""
     if not _NAME.match(name):
         raise ValueError(f"name={name!r}: letters, digits, '.', '_' and '-' only")
@@ -57,6 +58,8 @@ def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.Path
     atomic_write_json(out / "metrics.json", load_metrics(run_dir))
     if layout.benchmark_file.is_file():  # the benchmark's sets and sizes (00_data)
         atomic_write_json(out / "benchmark.json", json.loads(layout.benchmark_file.read_text()))
+    for sweep in sorted((layout.root / "selection").glob("*.json")):  # 03's validation sweeps (reused by later runs)
+        atomic_write_json(out / "selection" / sweep.name, json.loads(sweep.read_text()))
     return out
 
 
