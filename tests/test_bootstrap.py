@@ -104,3 +104,6 @@ def test_compare_rows_reference_best_and_runner_up():
     text = format_comparison(results, groups, n_boot=200)
     assert "10 query landmarks" in text and "→ holds" in text
     assert format_comparison({"x": {"medium": {"map": 0.1}}}, groups) == "(no per-query APs: no intervals)"
+    # contenders: a row kept as a reference point (e.g. "before selection") is compared, never best or runner-up
+    cmp = compare_rows(results, groups, n_boot=200, contenders=["first", "b"])
+    assert set(cmp["rows"]) == {"a", "b"} and (cmp["best"], cmp["runner_up"]) == ("b", "first")

@@ -146,8 +146,18 @@ def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_che
                                                               "synth-tiny-s7-val"}
     # 03's rows carry the settings chosen on the validation benchmark, and they are what the selection
     # function returns given the validation set alone (its cached descriptors, whitened as 03 does)
-    (sel_file,) = (run / "selection").glob("*.json")
+    (sel_file,) = [f for f in (run / "selection").glob("*.json") if not f.name.startswith("csa-")]
     first, selection = sel_file.stem, json.loads(sel_file.read_text())
+    # CSA: its training grid x test K swept on the validation lists (csa_grid="rerun" in the smoke profile);
+    # its rows carry the argmax of that recorded sweep, the sweep's configuration names this first stage
+    csa = json.loads((run / "selection" / f"csa-{first}.json").read_text())
+    sweep = csa["selection"]["sweep"]
+    best = max(range(len(sweep)), key=lambda i: (sweep[i]["criterion"], -i))
+    assert csa["selection"]["selected"] == sweep[best]["setting"] and set(sweep[best]["setting"]) == {"epochs", "lr", "K"}
+    assert csa["config"]["first_stage"] == first and csa["config"]["val"] == "synth-tiny-s7-val"
+    assert len(sweep) == 2 * 2 * 2  # the smoke grids: epochs [1, 2] x lr [0.1, 0.3] x K [16, 32]
+    for dataset in ("synth-tiny-s7", "synth-tiny-s7+synth-200"):
+        assert metrics[dataset][f"{first}+csa"]["recorded"]["setting"] == sweep[best]["setting"]
     network = first.split("+lw")[0]
     alpha = float(first.split("+lw-shrink")[1]) if "+lw-shrink" in first else 0.0  # "+lw": shrinkage 0
     layout = RunLayout(run)

@@ -6,7 +6,8 @@ import pytest
 
 from retrieval.metrics import evaluate
 from retrieval.rerank import rerank
-from retrieval.rerank.select import GRIDS, at_edge, criterion, resolve_setting, select_setting, settings
+from retrieval.rerank.select import (GRIDS, at_edge, criterion, recorded_selection, resolve_setting, save_selection,
+                                     select_setting, select_trained, settings)
 
 
 def _bench(seed=0, n_lm=6, per_q=2, per_db=8, dim=16):
@@ -57,3 +58,44 @@ def test_every_declared_grid_runs_through_rerank():
     for method, grid in small.items():
         sel = select_setting(method, q, db, gnd, rerank, grid=grid, progress=False)
         assert len(sel["sweep"]) == int(np.prod([len(v) for v in grid.values()]))
+
+
+def test_select_trained_trains_each_setting_once_and_takes_the_argmax():
+    """select_trained: one training per (epochs, lr), every test-time value scored on each model, the
+    selection the argmax of the sweep (ties to the cheaper: fewer epochs, then the grid's order, then the
+    smaller K), training seconds carried per row."""
+    trained = []
+
+    def train(setting):
+        trained.append(setting)
+        return (setting["epochs"], setting["lr"]), 10.0 * setting["epochs"]
+
+    # criterion = mean of M and H: depends on lr and K only, so epochs 10 and 30 tie → the cheaper 10
+    score = lambda model, K: {"medium": {"map": model[1] * K / 100}, "hard": {"map": model[1] * K / 100}}  # noqa: E731
+    sel = select_trained("csa", {"epochs": [10, 30], "lr": [0.1, 0.3]}, train, score, {"K": [16, 32]},
+                         progress=False)
+    assert trained == [dict(epochs=10, lr=0.1), dict(epochs=10, lr=0.3), dict(epochs=30, lr=0.1),
+                       dict(epochs=30, lr=0.3)]
+    assert len(sel["sweep"]) == 8 and sel["selected"] == dict(epochs=10, lr=0.3, K=32)
+    assert sel["criterion"] == pytest.approx(0.3 * 32 / 100)
+    assert [r["train_seconds"] for r in sel["sweep"]] == [100.0] * 4 + [300.0] * 4
+    assert at_edge(sel) == ["epochs", "lr", "K"]
+    one = select_trained("csa", {}, lambda s: ((1, 0.5), 0.0), score, {"K": [8]}, progress=False)  # a given model
+    assert one["selected"] == {"K": 8} and len(one["sweep"]) == 1
+
+
+def test_recorded_selection_round_trip_and_refusals(tmp_path):
+    cfg = dict(K=128, L=64, first_stage="gem+lw", val="synth-default-val")
+    sel = dict(method="csa", selected=dict(epochs=30, lr=0.1, K=320), sweep=[])
+    path = save_selection(tmp_path / "csa.json", sel, cfg, provenance=dict(commit="abc"))
+    rec = recorded_selection(path, cfg, "csa_grid")
+    assert rec["selection"]["selected"] == dict(epochs=30, lr=0.1, K=320) and rec["provenance"]["commit"] == "abc"
+    with pytest.raises(ValueError, match=r"csa_grid=.*another configuration.*'L': \(64, 32\)"):
+        recorded_selection(path, dict(cfg, L=32), "csa_grid")
+    with pytest.raises(ValueError, match=r"'extra': \(None, 1\)"):
+        recorded_selection(path, dict(cfg, extra=1), "csa_grid")
+    with pytest.raises(FileNotFoundError, match=r"csa_grid=.*no recorded sweep.*'rerun'"):
+        recorded_selection(tmp_path / "missing.json", cfg, "csa_grid")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        recorded_selection(tmp_path / "bad.json", cfg, "csa_grid")

@@ -80,10 +80,12 @@ class LabelledImages(TuplesDataset):
     """Training images with class labels: item ``i`` is ``(image (3, S, S), label)``, the image
     loaded, optionally randomly cropped, resized (longer side S), normalised and padded as in
     :class:`~retrieval.datasets.tuples.TuplesDataset`. ``indices`` (n,) select the images of ``split``; ``labels`` (n,) int64
-    in [0, C)."""
+    in [0, C). ``key_by_image``: the crop is seeded by (seed, epoch, split index of the image) rather than
+    by the item's position, so that image j has the same crop in every subset drawn for an epoch (a fixed
+    *view*: :mod:`retrieval.train.frozen`)."""
 
     def __init__(self, split: dict, indices, labels, image_size: int, mean=None, std=None,
-                 augment: bool = False, crop_scale: float = 0.8, seed: int = 0):
+                 augment: bool = False, crop_scale: float = 0.8, seed: int = 0, key_by_image: bool = False):
         indices, labels = np.asarray(indices, np.int64), np.asarray(labels, np.int64)
         if indices.ndim != 1 or indices.size == 0 or labels.shape != indices.shape:
             raise ValueError(f"indices and labels must be non-empty (n,) arrays of the same length, got "
@@ -91,13 +93,14 @@ class LabelledImages(TuplesDataset):
         norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
         super().__init__(split, np.stack([indices, indices], 1), image_size, augment=augment,
                          crop_scale=crop_scale, seed=seed, **norm)  # checks split, indices, size, crops
-        self.labels = labels
+        self.labels, self.key_by_image = labels, bool(key_by_image)
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
             raise IndexError(f"image index {i} out of range for {len(self)} images")
         i = i % len(self)
-        return self.image(int(self.tuples[i, 0]), key=(i, 0)), int(self.labels[i])
+        j = int(self.tuples[i, 0])
+        return self.image(j, key=(j if self.key_by_image else i, 0)), int(self.labels[i])
 
 
 class CSALists(torch.utils.data.Dataset):

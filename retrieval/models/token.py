@@ -241,8 +241,22 @@ class Token(nn.Module):
             b.eval()
         return self
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        v = self.tr(self.backbone(x))
+    def frozen_part(self) -> nn.Sequential:
+        """The frozen backbone blocks (the first ``5 - train_blocks``) as one module: images → what the
+        trained blocks receive (:mod:`retrieval.train.frozen` caches its outputs)."""
+        return nn.Sequential(*self._frozen())
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, from_frozen: bool = False) -> torch.Tensor:
+        """``from_frozen``: ``x`` is the output of :meth:`frozen_part` (cached), not images."""
+        if from_frozen:
+            blocks = [self.backbone.block1, self.backbone.block2, self.backbone.block3, self.backbone.block4,
+                      self.backbone.block5][5 - self.train_blocks:]
+            x = x.contiguous(memory_format=torch.channels_last)  # as the frozen blocks hand it on (to_device)
+            for b in blocks:
+                x = b(x)
+            v = self.tr(x)
+        else:
+            v = self.tr(self.backbone(x))
         if labels is None:
             return F.normalize(v, dim=-1)
         if self.classifier is None:

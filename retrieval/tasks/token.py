@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from ..config import seed_everything
+from ..config import resolve_device, seed_everything
 from ..datasets.training import LabelledImages
-from ..distributed import init_distributed
-from ..io import file_hash
+from ..distributed import init_distributed, is_main
+from ..io import file_hash, fingerprint
 from ..models.checkpoints import read_checkpoint
 from ..models.token import build_token, init_backbone_from_global
 from ..train import TrainConfig, fit
+from ..train.frozen import FrozenCache
 from .base import load_train_split, make_config, task_options
 
 TOKEN_DEFAULTS = dict(
@@ -26,6 +29,11 @@ TOKEN_DEFAULTS = dict(
     image_size=512,            # training images: longer side, padded to square
     augment=True, crop_scale=0.8,  # random crops of [crop_scale, 1] of each side
     images_per_epoch=None,     # a random subset of the training images each epoch (None: all)
+    views=None,                # None: a fresh random crop per image and epoch; V: V fixed crops per image, epoch e
+                               # uses crop e mod V (what cache_frozen needs; the same crops cached or not)
+    cache_frozen=False,        # compute the frozen blocks' outputs once per image and view, read them back
+                               # (retrieval.train.frozen: same steps as uncached with the same views)
+    cache_dir=None,            # where (None: <out_dir>/frozen_cache)
     # the released experiment.sh (GLDv2, 4 GPUs): SGD momentum 0.9, lr 0.01, 5 warm-up epochs then decay
     # to 0, wd 1e-4, no clipping, 30 epochs, batch 128, 512-px images
     optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_epochs=5.0, grad_clip=None,
@@ -63,22 +71,43 @@ def token_classification(config: dict):
                         drop_path=cfg["drop_path"], train_blocks=cfg["train_blocks"], weights=cfg["weights"])
     if cfg["backbone_init"]:
         init_backbone_from_global(model, read_checkpoint(cfg["backbone_init"]))
-    n, per_epoch = len(labels), cfg["images_per_epoch"]
+    n, per_epoch, views = len(labels), cfg["images_per_epoch"], cfg["views"]
     if per_epoch is not None and not 1 <= int(per_epoch) <= n:
         raise ValueError(f"images_per_epoch must be in 1..{n} (the training images) or None, got {per_epoch}")
+    if views is not None and (int(views) != views or views < 1):
+        raise ValueError(f"views must be None or a positive integer, got {views!r}")
+    cache = None
+    if cfg["cache_frozen"]:
+        if cfg["augment"] and views is None:
+            raise ValueError("cache_frozen=True with augment=True needs views=V (a fixed number of crops per image)")
+        if model.train_blocks >= 5:
+            raise ValueError("cache_frozen=True needs train_blocks < 5 (a frozen part to cache)")
+        root = cfg["cache_dir"] or (cfg.get("out_dir") and Path(cfg["out_dir"]) / "frozen_cache")
+        if not root:
+            raise ValueError("cache_frozen=True needs cache_dir or out_dir (where the cache lives)")
+        cache = FrozenCache(root, model.frozen_part(), dict(
+            image_size=cfg["image_size"], augment=cfg["augment"], crop_scale=cfg["crop_scale"], seed=cfg["seed"],
+            views=views if cfg["augment"] else None, mean=list(model.meta["mean"]), std=list(model.meta["std"]),
+            images=fingerprint(list(split["paths"]))), n)
 
-    def data(epoch: int) -> LabelledImages:
+    def data(epoch: int):
         idx = np.arange(n)
         if per_epoch is not None:
             idx = np.sort(np.random.default_rng([cfg["seed"], epoch]).choice(n, int(per_epoch), replace=False))
         ds = LabelledImages(split, idx, labels[idx], cfg["image_size"], model.meta["mean"], model.meta["std"],
-                            augment=cfg["augment"], crop_scale=cfg["crop_scale"], seed=cfg["seed"])
-        ds.set_epoch(epoch)
-        return ds
+                            augment=cfg["augment"], crop_scale=cfg["crop_scale"], seed=cfg["seed"],
+                            key_by_image=views is not None)
+        view = epoch if views is None else epoch % int(views)
+        ds.set_epoch(view if cfg["augment"] else 0)
+        if cache is None:
+            return ds
+        view = view if cfg["augment"] else 0
+        cache.fill(lambda k: ds[k][0], idx, view, cfg["batch_size"], resolve_device(cfg["device"]), progress=is_main())
+        return cache.dataset(idx, view, labels[idx])
 
     def loss_fn(net, batch) -> torch.Tensor:
-        images, y = batch
-        return torch.nn.functional.cross_entropy(net(images, y), y)
+        x, y = batch
+        return torch.nn.functional.cross_entropy(net(x, y, from_frozen=cache is not None), y)
 
     return model, data, loss_fn
 
@@ -90,7 +119,7 @@ def train_token(config: dict):
     cfg = token_config(**config)
     seed_everything(cfg["seed"])
     model, data, loss_fn = token_classification(cfg)
-    task = task_options(cfg, TOKEN_DEFAULTS, ("root", "backbone_init"))
+    task = task_options(cfg, TOKEN_DEFAULTS, ("root", "backbone_init", "cache_frozen", "cache_dir"))  # same steps cached or not
     if cfg["backbone_init"]:
         task["backbone_init_sha1"] = file_hash(cfg["backbone_init"], "sha1")
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
