@@ -261,3 +261,35 @@ def test_asmk_ranks_the_image_sharing_local_features_first():
         asmk_index(train, db, np.where(db_imids == 2, 3, db_imids), asmk_params(codebook_size=8))
     with pytest.raises(ValueError, match="every query"):
         asmk_search(method, query, query_imids, n_query=3)
+
+
+def test_gem_control_arm_differs_only_in_the_aggregator(root, tmp_path):
+    """aggregator="gem": the same backbone, frozen blocks, margin head and output dimension as Token, GeM +
+    Linear + BN in place of the tokeniser; trains through the same task (cached too) and its checkpoint
+    rebuilds it."""
+    from retrieval.models.token import GeMHead
+    from retrieval.tasks import token_classification, token_config, train_token
+
+    tok = build_token(**SMALL, classes=5, train_blocks=1)
+    gem = build_token(**SMALL, classes=5, train_blocks=1, aggregator="gem")
+    assert isinstance(gem.tr, GeMHead) and gem.name == "gem-tokenrecipe-resnet18" and gem.meta["aggregator"] == "gem"
+    assert [k for k in tok.state_dict() if not k.startswith("tr.")] == [k for k in gem.state_dict()
+                                                                         if not k.startswith("tr.")]
+    x = torch.randn(2, 3, 64, 64)
+    v = gem.eval()(x)
+    assert v.shape == (2, 24) and torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
+    # by hand: GeM (p = 3) of the backbone map, Linear, BatchNorm1d in eval, L2
+    fmap = gem.backbone(x)
+    pooled = fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+    want = F.normalize(gem.tr.proj(pooled), dim=-1)
+    assert torch.allclose(v, want, atol=1e-5)
+    with pytest.raises(ValueError, match="aggregator"):
+        build_token(**SMALL, aggregator="mac")
+    cfg = token_config(root=str(root), preset="tiny", **SMALL, aggregator="gem", image_size=48, images_per_epoch=8,
+                       epochs=1, batch_size=4, optimizer="adamw", lr=1e-3, warmup_epochs=0, device="cpu",
+                       out_dir=str(tmp_path / "gem"), train_blocks=1, views=1, cache_frozen=True)
+    model, history = train_token(cfg)
+    assert model.name == "gem-tokenrecipe-resnet18" and np.isfinite(history[0]["loss"])
+    back = load_model(save_model(model, tmp_path / "gem.pth"))
+    assert isinstance(back.tr, GeMHead) and torch.allclose(back(x), model(x), atol=1e-6)
+    assert token_classification(dict(cfg, aggregator="token"))[0].name == "token-resnet18"

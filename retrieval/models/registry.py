@@ -115,7 +115,8 @@ def _build(meta: Mapping, sd: dict, where: str) -> nn.Module:
         cls_w = sd.get("classifier.weight")
         model = build_token(meta["backbone"], meta["dim"], meta["tokens"], meta["heads"], meta["encoder_layers"],
                             meta["decoder_layers"], meta["outputdim"],
-                            classes=None if cls_w is None else cls_w.shape[0], name=meta.get("name"))
+                            classes=None if cls_w is None else cls_w.shape[0], name=meta.get("name"),
+                            aggregator=meta.get("aggregator", "token"))
         load_token_state_dict(model, sd, classifier=cls_w is not None)
         model.meta.update({k: v for k, v in meta.items() if k != "kind"})
         model.meta["mean"], model.meta["std"] = tuple(meta["mean"]), tuple(meta["std"])

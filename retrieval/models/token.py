@@ -24,6 +24,7 @@ from .. import losses
 from .backbones import build_backbone, normalisation, trunk_blocks
 from .checkpoints import check_state_dict, unwrap_state_dict
 from .csa import DropPath, Mlp
+from .pooling import GeM
 
 MARGIN_LOSSES = ("arcface", "cosface")
 
@@ -171,6 +172,22 @@ class TokenRefine(nn.Module):
         return (v, attn) if return_attention else v
 
 
+class GeMHead(nn.Module):
+    """The control arm's aggregator (Token's recipe with only the aggregator changed): GeM pooling of the
+    backbone map (learnable p, initialised at 3; Radenović et al., TPAMI 2018), then Linear + BatchNorm1d
+    (C → D) as Token's final projection. ``forward(map (B, C, h, w))`` → (B, D), not normalised."""
+
+    def __init__(self, in_channels: int, outputdim: int):
+        super().__init__()
+        self.pool = GeM()
+        self.proj = nn.Sequential(nn.Linear(in_channels, outputdim), nn.BatchNorm1d(outputdim))
+
+    def forward(self, fmap: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            raise ValueError("the GeM aggregator has no token attention (aggregator='token' has)")
+        return self.proj(self.pool(fmap).flatten(1))
+
+
 class ResNetBlocks(nn.Module):
     """A backbone trunk cut before its pooling as five blocks ``block1..5`` (strides 2/4, 4, 8, 16,
     32; :func:`~retrieval.models.backbones.trunk_blocks`): on a torchvision ResNet, ``block1`` =
@@ -279,10 +296,16 @@ def build_token(backbone: str = "resnet101", dim: int = 1024, tokens: int = 4, h
                 encoder_layers: int = 1, decoder_layers: int = 2, outputdim: int = 1024,
                 classes: int | None = None, loss: str = "arcface", scale: float | None = None,
                 margin: float = 0.2, drop: float = 0.1, attn_drop: float = 0.1, drop_path: float = 0.1,
-                train_blocks: int = 5, weights: str | None = None, name: str | None = None) -> Token:
+                train_blocks: int = 5, weights: str | None = None, name: str | None = None,
+                aggregator: str = "token") -> Token:
     """A Token network with the paper's defaults (ResNet-101, d = 1024, L = 4 tokens, 8 heads, one
     LFSA layer, 2 refinement layers, D = 1024; ArcFace with scale √D and margin 0.2 when
-    ``classes`` is given). ``weights``: torchvision backbone weights (None: random init)."""
+    ``classes`` is given). ``weights``: torchvision backbone weights (None: random init).
+    ``aggregator="gem"``: the control arm, the same network and training with :class:`GeMHead` in place
+    of the tokeniser (``dim``, ``tokens``, ``heads`` and the layers then unused); named
+    ``gem-tokenrecipe-<backbone>``."""
+    if aggregator not in ("token", "gem"):
+        raise ValueError(f"aggregator={aggregator!r}: expected 'token' or 'gem'")
     if not backbone.startswith(("resnet", "efficientnet_lite")):
         raise ValueError(f"backbone={backbone!r}: Token is built on a torchvision ResNet (resnet18 ... resnet152) "
                          "or an EfficientNet-Lite (efficientnet_lite0/1/2)")
@@ -291,12 +314,14 @@ def build_token(backbone: str = "resnet101", dim: int = 1024, tokens: int = 4, h
         if int(v) != v or v < 1:
             raise ValueError(f"{what} must be a positive integer, got {v}")
     features, channels = build_backbone(backbone, weights)
-    tr = TokenRefine(channels, dim, tokens, heads, encoder_layers, decoder_layers, outputdim,
-                     drop=drop, attn_drop=attn_drop, drop_path=drop_path)
+    tr = (TokenRefine(channels, dim, tokens, heads, encoder_layers, decoder_layers, outputdim,
+                      drop=drop, attn_drop=attn_drop, drop_path=drop_path)
+          if aggregator == "token" else GeMHead(channels, outputdim))
     scale = math.sqrt(outputdim) if scale is None else float(scale)
     head = MarginHead(outputdim, classes, scale, margin, loss) if classes else None
     mean, std = normalisation(backbone)
-    meta = dict(name=name or f"token-{backbone}", backbone=backbone, dim=dim, tokens=tokens, heads=heads,
+    meta = dict(name=name or (f"token-{backbone}" if aggregator == "token" else f"gem-tokenrecipe-{backbone}"),
+                aggregator=aggregator, backbone=backbone, dim=dim, tokens=tokens, heads=heads,
                 encoder_layers=encoder_layers, decoder_layers=decoder_layers, outputdim=outputdim,
                 mean=mean, std=std, weights=weights, trained=False)
     return Token(ResNetBlocks(features, trunk_blocks(backbone)), tr, meta, head, train_blocks)

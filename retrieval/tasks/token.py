@@ -23,6 +23,7 @@ TOKEN_DEFAULTS = dict(
     backbone="resnet101", weights=None,  # torchvision weights (paper: ImageNet-pretrained ResNet-101)
     backbone_init=None,        # a GlobalNet / cirtorch checkpoint whose backbone initialises Token's (e.g. 02's GeM)
     train_blocks=5,            # last backbone blocks trained (5: all, as the paper); the others frozen
+    aggregator="token",        # "gem": the control arm, GeM + Linear + BN in place of the tokeniser, all else equal
     dim=1024, tokens=4, heads=8, encoder_layers=1, decoder_layers=2, outputdim=1024,  # the paper's sizes
     drop=0.1, attn_drop=0.1, drop_path=0.1,
     loss="arcface", scale=None, margin=0.2,  # scale None: √outputdim (paper: ArcFace, s = √1024 = 32, m = 0.2)
@@ -68,7 +69,8 @@ def token_classification(config: dict):
     model = build_token(cfg["backbone"], cfg["dim"], cfg["tokens"], cfg["heads"], cfg["encoder_layers"],
                         cfg["decoder_layers"], cfg["outputdim"], classes=n_classes, loss=cfg["loss"],
                         scale=cfg["scale"], margin=cfg["margin"], drop=cfg["drop"], attn_drop=cfg["attn_drop"],
-                        drop_path=cfg["drop_path"], train_blocks=cfg["train_blocks"], weights=cfg["weights"])
+                        drop_path=cfg["drop_path"], train_blocks=cfg["train_blocks"], weights=cfg["weights"],
+                        aggregator=cfg["aggregator"])
     if cfg["backbone_init"]:
         init_backbone_from_global(model, read_checkpoint(cfg["backbone_init"]))
     n, per_epoch, views = len(labels), cfg["images_per_epoch"], cfg["views"]
@@ -120,6 +122,9 @@ def train_token(config: dict):
     seed_everything(cfg["seed"])
     model, data, loss_fn = token_classification(cfg)
     task = task_options(cfg, TOKEN_DEFAULTS, ("root", "backbone_init", "cache_frozen", "cache_dir"))  # same steps cached or not
+    for k in ("aggregator", "views"):  # options added later: at their defaults, checkpoints saved before them resume
+        if task[k] == TOKEN_DEFAULTS[k]:
+            del task[k]
     if cfg["backbone_init"]:
         task["backbone_init_sha1"] = file_hash(cfg["backbone_init"], "sha1")
     history = fit(model, data, loss_fn, TrainConfig.from_dict(cfg), task=task)
