@@ -73,3 +73,30 @@ def test_benchmark_table_and_costs_are_rendered_from_the_record(tmp_path):
     assert f"| roxford5k (published) | {ref['roxford5k_M']:.2f} | {ref['roxford5k_H']:.2f} |" in page
     assert "rendering the 10,000 distractors took 88 s" in page and "123 s (03, `gem+lw`" in page
     assert "| `gem+lw+dba` | 62.50 | 56.25 | 50.00 | 31.25 | 31.25 | 1.50 |" in page   # ms / query column
+
+
+def test_validation_sweeps_are_copied_and_rendered(tmp_path):
+    """record copies 03's sweeps (selection/*.json); the page gives each method's choice, its criterion and
+    the grid edges, and CSA's training grid with the chosen cell in bold and the sweep's provenance."""
+    from retrieval.rerank.select import save_selection
+
+    run_dir = tmp_path / "run"
+    Run(run_dir, "03_rerank").record("synth-default", "gem+lw", _res(0.5))
+    RunLayout(run_dir).run_file.write_text(json.dumps(dict(command="c", machine={})))
+    sweep = [dict(setting={"dba_k": k}, criterion=c) for k, c in ((1, 0.5), (2, 0.75), (3, 0.6))]
+    (run_dir / "selection").mkdir()
+    (run_dir / "selection" / "gem+lw.json").write_text(json.dumps(
+        {"dba": dict(selected={"dba_k": 2}, params={"dba_k": 2}, criterion=0.75, sweep=sweep)}))
+    rows = [dict(setting=dict(epochs=e, lr=lr, K=K), criterion=0.1 * e + lr + K / 1000, train_seconds=5.0 * e)
+            for e in (10, 30) for lr in (0.1, 0.3) for K in (128, 320)]
+    save_selection(run_dir / "selection" / "csa-gem+lw.json",
+                   dict(method="csa", selected=dict(epochs=30, lr=0.3, K=320), criterion=3.62, sweep=rows),
+                   dict(K=128, L=64, dim=128, first_stage="gem+lw", val="synth-default-val"),
+                   provenance=dict(command="python -m retrieval.run demo --only 03", commit="abcdef", date="d",
+                                   machine=dict(cpu="Test CPU", cores=2)))
+    out = R.record_run(run_dir, "demo", tmp_path / "results")
+    assert sorted(p.name for p in (out / "selection").iterdir()) == ["csa-gem+lw.json", "gem+lw.json"]
+    page = R.render_results(R.load_records(tmp_path / "results"))
+    assert "| dba | dba_k 2 | 75.00 | 3 | - |" in page                       # interior: no edge
+    assert "| 30 | 0.3 | 342.80 | **362.00** | 150 |" in page and "| 10 | 0.1 | 122.80 | 142.00 | 50 |" in page
+    assert "`synth-default-val`'s lists" in page and "commit `abcdef`" in page and "Test CPU, 2 cores" in page

@@ -34,7 +34,7 @@ GRIDS: dict[str, dict[str, list]] = {
     "aqe+dba": {"qe_k": _K, "dba_k": _K},
     "alpha_qe+alpha_dba": {"qe_k": _K, "dba_k": _K, "alpha": _ALPHA},
     "diffusion": {"diffusion_k": [5, 10, 20, 50], "truncate": [100, 200, 1000]},
-    "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15, 25], "beta": [0.1, 0.15, 0.3, 0.5]},
+    "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15, 25], "beta": [0.1, 0.15, 0.3, 0.5, 1.0]},
 }
 
 #: CSA's training grid (issue 29): epochs (cheaper first) × SGD learning rate; each model is then scored at

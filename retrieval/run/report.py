@@ -20,6 +20,7 @@ from ..catalog import PUBLISHED
 from ..config import ROOT, resolve
 from ..io import atomic_write_bytes, atomic_write_json
 from ..metrics import ALL_PROTOCOLS, PROTOCOL_LABELS
+from ..rerank.select import at_edge
 from .layout import RunLayout
 from .store import load_metrics
 
@@ -73,7 +74,8 @@ def load_records(results_dir: str | os.PathLike = RESULTS) -> list[dict]:
             raise FileNotFoundError(f"incomplete record {folder}: missing {missing}")
         bench = folder / "benchmark.json"
         out.append(dict(name=folder.name, **{k: json.loads(p.read_text()) for k, p in files.items()},
-                        benchmark=json.loads(bench.read_text()) if bench.is_file() else None))
+                        benchmark=json.loads(bench.read_text()) if bench.is_file() else None,
+                        selections={f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("selection/*.json"))}))
     return out
 
 
@@ -226,6 +228,56 @@ def _benchmark(record: dict) -> list[str]:
     return lines + [""]
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _selections(record: dict) -> list[str]:
+    """03's validation sweeps: per method the chosen setting, its criterion and the grid edges it sits on;
+    CSA's training grid (epochs × lr, each model at every test K) with its training time and provenance."""
+    sels = record.get("selections") or {}
+    if not sels:
+        return []
+    lines = ["### Settings chosen on the validation benchmark (03)", "",
+             "Criterion: mean of Medium and Hard mAP ×100 on the validation benchmark; ties to the cheaper setting. "
+             "At an edge: the chosen value is the first or last of its grid (more may lie beyond; α = 0 and the "
+             "smallest k are the ends of their range).", ""]
+    for name, sel in sels.items():
+        if name.startswith("csa-"):
+            continue
+        lines += [f"First stage `{name}`:", "", "| method | chosen | val (M+H)/2 | settings swept | at an edge |",
+                  "| --- | --- | ---: | ---: | --- |"]
+        for method, s in sel.items():
+            chosen = ", ".join(f"{k} {v}" for k, v in s["selected"].items())
+            lines.append(f"| {method} | {chosen} | {_pct(s['criterion'])} | {len(s['sweep'])} | "
+                         f"{', '.join(at_edge(s)) or '-'} |")
+        lines.append("")
+    for name, rec in sels.items():
+        if not name.startswith("csa-"):
+            continue
+        sel, prov = rec["selection"], rec.get("provenance") or {}
+        ks = list(dict.fromkeys(r["setting"]["K"] for r in sel["sweep"]))
+        trained = list(dict.fromkeys((r["setting"]["epochs"], r["setting"]["lr"]) for r in sel["sweep"]))
+        crit = {(r["setting"]["epochs"], r["setting"]["lr"], r["setting"]["K"]): r for r in sel["sweep"]}
+        pick = sel["selected"]
+        lines += [f"CSA's training grid on `{rec['config'].get('val')}`'s lists (first stage `{rec['config'].get('first_stage')}`"
+                  f"; training lists of {rec['config'].get('K')} candidates, L {rec['config'].get('L')}, width "
+                  f"{rec['config'].get('dim')}): val (M+H)/2 mAP ×100 per test K; chosen in bold.", "",
+                  "| epochs | lr | " + " | ".join(f"K {k}" for k in ks) + " | training s |",
+                  "| ---: | ---: |" + " ---: |" * (len(ks) + 1)]
+        for e, lr in trained:
+            cells = []
+            for k in ks:
+                v = _pct(crit[(e, lr, k)]["criterion"]) if (e, lr, k) in crit else "-"
+                cells.append(f"**{v}**" if (e, lr, k) == (pick["epochs"], pick["lr"], pick["K"]) else v)
+            secs = next(r["train_seconds"] for r in sel["sweep"] if (r["setting"]["epochs"], r["setting"]["lr"]) == (e, lr))
+            lines.append(f"| {e} | {lr:g} | " + " | ".join(cells) + f" | {secs:.0f} |")
+        lines += ["", f"Swept by `{prov.get('command')}` (commit `{str(prov.get('commit'))[:12]}`, {prov.get('date')}, "
+                  f"{_machine(prov.get('machine') or {})}); later runs train only the chosen (epochs, lr) "
+                  f"(`csa_grid`), choosing K on their own model.", ""]
+    return lines
+
+
 def render_results(records: list[dict]) -> str:
     """``docs/results.md``: every record's provenance and its rows, one table per notebook."""
     lines = ["# Results", "",
@@ -235,7 +287,7 @@ def render_results(records: list[dict]) -> str:
     for record in records:
         datasets = sorted(record["metrics"])
         lines += [f"## `{record['name']}` ({', '.join(datasets)})", ""] + _provenance(record) + [""]
-        lines += _benchmark(record)
+        lines += _benchmark(record) + _selections(record)
         groups = (record.get("benchmark") or {}).get("query_landmarks") or {}
         for notebook, rows in _by_notebook(record["metrics"]).items():
             lines += [f"### {notebook}", ""] + _table(rows, len(datasets) > 1, groups, record["metrics"]) + [""]
