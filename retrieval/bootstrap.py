@@ -54,13 +54,18 @@ def verdict(intervals: Sequence[dict]) -> str:
     return "holds" if all(iv["excludes_zero"] for iv in intervals) and len(signs) == 1 else "inconclusive"
 
 
-def format_interval(iv: dict, scale: float = 100.0) -> str:
-    """``+1.23 [-0.40, +2.95]`` (×``scale``)."""
+def format_interval(iv: dict | None, scale: float = 100.0) -> str:
+    """``+1.23 [-0.40, +2.95]`` (×``scale``); ``n/a`` for None (a protocol no query could score)."""
+    if iv is None:
+        return "n/a"
     return f"{scale * iv['diff']:+.2f} [{scale * iv['low']:+.2f}, {scale * iv['high']:+.2f}]"
 
 
 def _score(result: dict) -> float:
-    return 0.5 * (result["medium"]["map"] + result["hard"]["map"])
+    """The mean of Medium and Hard mAP (:func:`retrieval.rerank.select.criterion`'s rule: a protocol whose
+    mAP is NaN, e.g. Hard on a set without hard positives, is left out)."""
+    vals = [result[p]["map"] for p in ("medium", "hard") if p in result and np.isfinite(result[p]["map"])]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
@@ -81,13 +86,18 @@ def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
     def ap(name, p):
         return np.array([np.nan if v is None else v for v in have[name]["ap"][p]], dtype=float)
 
+    # a protocol no query can score (e.g. Hard of an imported set without hard positives) has no interval
+    protocols = [p for p in protocols if any(np.isfinite(ap(n, p)).any() for n in have)]
+    if not protocols:
+        return dict(reference=None, rows={}, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
+
     def diff(a, b):
         return {p: paired_bootstrap(ap(a, p), ap(b, p), groups, n_boot=n_boot, seed=seed) for p in protocols}
 
     rows = {n: diff(n, ref) for n in have if n != ref}
     out = dict(reference=ref, rows=rows, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
     eligible = [n for n in have if contenders is None or n in contenders]
-    if len(eligible) >= 2 and set(protocols) == {"medium", "hard"}:
+    if len(eligible) >= 2 and set(protocols) <= {"medium", "hard"}:
         best, runner_up = sorted(eligible, key=lambda n: -_score(have[n]))[:2]
         out.update(best=best, runner_up=runner_up, best_vs_runner_up=diff(best, runner_up))
         out["verdict"] = verdict(list(out["best_vs_runner_up"].values()))
@@ -104,10 +114,10 @@ def format_comparison(results: dict, groups: Sequence, reference: str | None = N
     w = max(len(str(k)) for k in results) + 2
     lines = [f"differences to {cmp['reference']}, ×100, 95 % interval by resampling the {n} query landmarks:",
              f"{'method':<{w}}{'ΔM [95 % CI]':>26}{'ΔH [95 % CI]':>26}"]
-    lines += [f"{name:<{w}}{format_interval(iv['medium']):>26}{format_interval(iv['hard']):>26}"
+    lines += [f"{name:<{w}}{format_interval(iv.get('medium')):>26}{format_interval(iv.get('hard')):>26}"
               for name, iv in cmp["rows"].items()]
     if cmp["best"] is not None:
         b = cmp["best_vs_runner_up"]
-        lines.append(f"best {cmp['best']} − runner-up {cmp['runner_up']}: M {format_interval(b['medium'])}, "
-                     f"H {format_interval(b['hard'])} → {cmp['verdict']} (holds: both intervals exclude 0, same sign)")
+        lines.append(f"best {cmp['best']} − runner-up {cmp['runner_up']}: M {format_interval(b.get('medium'))}, "
+                     f"H {format_interval(b.get('hard'))} → {cmp['verdict']} (holds: both intervals exclude 0, same sign)")
     return "\n".join(lines)

@@ -107,3 +107,23 @@ def test_compare_rows_reference_best_and_runner_up():
     # contenders: a row kept as a reference point (e.g. "before selection") is compared, never best or runner-up
     cmp = compare_rows(results, groups, n_boot=200, contenders=["first", "b"])
     assert set(cmp["rows"]) == {"a", "b"} and (cmp["best"], cmp["runner_up"]) == ("b", "first")
+
+
+def test_a_protocol_no_query_can_score_is_left_out():
+    """An imported set without hard labels: every Hard AP is NaN; the Medium intervals stand, Hard is n/a,
+    and best / runner-up go by Medium alone."""
+    from retrieval.bootstrap import compare_rows, format_comparison
+
+    groups = _groups(6, 2)
+    base = np.linspace(0.2, 0.7, 12)
+
+    def row(shift):
+        ap = {"easy": base + shift, "medium": base + shift, "hard": np.full(12, np.nan)}
+        return {**{p: {"map": float(np.mean(v))} for p, v in ap.items()}, "ap": ap}
+
+    results = {"first": row(0.0), "a": row(0.1), "b": row(0.02)}
+    cmp = compare_rows(results, groups, n_boot=200)
+    assert set(cmp["rows"]["a"]) == {"medium"} and cmp["rows"]["a"]["medium"]["diff"] == pytest.approx(0.1)
+    assert (cmp["best"], cmp["runner_up"]) == ("a", "b") and cmp["verdict"] == "holds"
+    text = format_comparison(results, groups, n_boot=200)
+    assert "n/a" in text and "+10.00 [+10.00, +10.00]" in text

@@ -6,8 +6,8 @@ import pytest
 
 from retrieval.metrics import evaluate
 from retrieval.rerank import rerank
-from retrieval.rerank.select import (GRIDS, at_edge, criterion, recorded_selection, resolve_setting, save_selection,
-                                     select_setting, select_trained, settings)
+from retrieval.rerank.select import (GRIDS, at_edge, criterion, feasible, recorded_selection, resolve_setting,
+                                     save_selection, select_setting, select_trained, settings)
 
 
 def _bench(seed=0, n_lm=6, per_q=2, per_db=8, dim=16):
@@ -99,3 +99,18 @@ def test_recorded_selection_round_trip_and_refusals(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object"):
         recorded_selection(tmp_path / "bad.json", cfg, "csa_grid")
+
+
+def test_criterion_without_hard_positives_and_grids_clipped_to_a_small_db():
+    """Hard mAP NaN (no hard positives): the criterion is Medium alone; neighbour counts the validation db
+    cannot hold are left out of the sweep, and a grid with no fitting setting is an error."""
+    assert criterion({"medium": {"map": 0.6}, "hard": {"map": float("nan")}}) == pytest.approx(0.6)
+    assert criterion({"medium": {"map": 0.6}, "hard": {"map": 0.2}}) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="neither Medium nor Hard"):
+        criterion({"medium": {"map": float("nan")}, "hard": {"map": float("nan")}})
+    q, db, gnd = _bench(n_lm=2, per_db=6)          # 12 + 30 noise = 42 db images
+    sel = select_setting("dba", q, db, gnd, rerank, progress=False)
+    assert [r["setting"]["dba_k"] for r in sel["sweep"]] == [k for k in GRIDS["dba"]["dba_k"] if k < len(db)]
+    with pytest.raises(ValueError, match="no setting of its grid fits"):
+        select_setting("dba", q, db, gnd, rerank, grid={"dba_k": [len(db), len(db) + 5]}, progress=False)
+    assert feasible({"dba_k": 41, "qe_alpha": 3.0}, 42) and not feasible({"qe_k": 42}, 42)

@@ -1,7 +1,9 @@
 """``python -m retrieval.datasets generate --preset default [--distractors 10000]``: build the synthetic
 benchmark (test, validation and training splits; and its rendered distractors);
 ``python -m retrieval.datasets download roxford5k``: fetch a real dataset or a published network
-(``--list`` for every name); ``python -m retrieval.datasets verify token-r101``: check placed files."""
+(``--list`` for every name); ``python -m retrieval.datasets verify token-r101``: check placed files;
+``python -m retrieval.datasets import SRC --name NAME``: your own photos (a folder of landmark folders or a CSV)
+as a test set, a validation benchmark and a training split (:mod:`retrieval.datasets.importer`)."""
 
 import argparse
 import sys
@@ -9,6 +11,7 @@ import sys
 from . import generate, render_distractors
 from .download import GROUPS, RESOURCES
 from .download import DownloadError, download, verify
+from .importer import format_summary, import_collection
 
 
 def listing() -> str:
@@ -49,7 +52,32 @@ def main(argv=None) -> int:
     v = sub.add_parser("verify", help="check downloaded or hand-placed files against their checksums")
     v.add_argument("names", nargs="+")
     v.add_argument("--root", default=None)
+    i = sub.add_parser("import", help="import your own photos (SRC/<landmark>/<image> or a CSV) as a test set, a "
+                       "validation benchmark and a training split (docs/own_photos.md)")
+    i.add_argument("src", help="a folder with one sub-folder per landmark, or a CSV with the header "
+                   "image,landmark[,role][,label][,x1,y1,x2,y2]")
+    i.add_argument("--name", required=True, help="the test set's name (data/test/NAME; notebooks: -p dataset NAME)")
+    i.add_argument("--queries-per-landmark", type=int, default=2, metavar="N",
+                   help="queries drawn per landmark without role=query rows: min(N, images // 2) (default 2)")
+    i.add_argument("--val-landmarks", type=float, default=0, metavar="F", help="landmarks with queries held out as "
+                   "the validation benchmark NAME-val: a fraction in (0, 1) or a count (default 0: none)")
+    i.add_argument("--train-landmarks", type=float, default=0, metavar="F", help="landmarks (without roles, >= 2 "
+                   "images) that form the training split instead: a fraction in (0, 1) or a count (default 0)")
+    i.add_argument("--pairs-per-landmark", type=int, default=100, metavar="N",
+                   help="most matching pairs per training landmark (default 100)")
+    i.add_argument("--seed", type=int, default=0, help="seed of every choice (queries, held-out landmarks, db order)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing import of that name")
+    i.add_argument("--root", default=None, help="data folder (default: data/ or $RETRIEVAL_DATA_DIR)")
     args = ap.parse_args(argv)
+    if args.cmd == "import":
+        try:
+            summary = import_collection(args.src, args.name, args.root, args.queries_per_landmark, args.val_landmarks,
+                                        args.train_landmarks, args.seed, args.overwrite, args.pairs_per_landmark)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(format_summary(summary))
+        return 0
     if args.cmd == "generate":
         paths = generate(args.preset, args.root, args.difficulty, args.seed, args.workers, args.overwrite)
         if args.distractors:

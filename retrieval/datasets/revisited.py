@@ -16,6 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+#: revisited Oxford/Paris (Radenović et al., CVPR 2018): Easy/Medium/Hard protocols
+REVISITED_TEST = ("roxford5k", "rparis6k")
+#: original Oxford5k / Paris6k (Philbin et al., CVPR 2007 / 2008) with cirtorch's ground truth
+#: (55 queries, ``ok``/``junk``; the query images are in the db): the ``classic`` protocol
+CLASSIC_TEST = ("oxford5k", "paris6k")
+REAL_TEST = REVISITED_TEST + CLASSIC_TEST
+
 #: keys a gnd entry may hold: revisited (``bbx``, ``easy``, ``hard``, ``junk``) and the original
 #: Oxford/Paris lists (``good``, ``ok``, ``junk``)
 GND_KEYS = ("bbx", "easy", "hard", "junk", "ok", "good")

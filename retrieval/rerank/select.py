@@ -43,8 +43,22 @@ CSA_GRID: dict[str, list] = {"epochs": [10, 30], "lr": [0.03, 0.1, 0.3]}
 
 
 def criterion(result: Mapping) -> float:
-    """The selection criterion: mean of Medium and Hard mAP of an evaluate() result."""
-    return 0.5 * (result["medium"]["map"] + result["hard"]["map"])
+    """The selection criterion: mean of Medium and Hard mAP of an evaluate() result; a protocol whose mAP
+    is NaN (no query has positives there, e.g. Hard of an imported set without hard labels) is left out."""
+    vals = [result[p]["map"] for p in ("medium", "hard") if p in result and np.isfinite(result[p]["map"])]
+    if not vals:
+        raise ValueError("criterion: neither Medium nor Hard mAP is finite (no query has positives)")
+    return float(np.mean(vals))
+
+
+#: parameters that count neighbours among the db images: a setting needs fewer than the db holds
+_NEIGHBOURS = ("qe_k", "dba_k", "diffusion_k", "K")
+
+
+def feasible(params: Mapping, n_db: int) -> bool:
+    """Whether a concrete setting fits a db of ``n_db`` images (every neighbour count below ``n_db``), so a
+    small validation benchmark sweeps the part of a grid it can hold."""
+    return all(params[p] < n_db for p in _NEIGHBOURS if p in params)
 
 
 def settings(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -74,14 +88,19 @@ def select_setting(method: str, query: np.ndarray, db: np.ndarray, gnd: Sequence
     (n_q, D) and ``db`` (n_db, D) descriptors and its ``gnd``; ``run(method, query, db, **setting)`` returns
     ``(ranks, scores)`` (e.g. :func:`retrieval.rerank.rerank`). Returns ``{"method", "selected"`` (the grid
     setting), ``"params"`` (it made concrete: :func:`resolve_setting`), ``"criterion"``, ``"sweep"``: one
-    ``{"setting", "params", "criterion", "easy", "medium", "hard"}`` per setting, cheapest first``}``."""
+    ``{"setting", "params", "criterion", "easy", "medium", "hard"}`` per setting, cheapest first``}``;
+    settings that do not fit the db (:func:`feasible`) are left out."""
     grid = GRIDS[method] if grid is None else grid
     sweep = []
     for setting in tqdm(settings(grid), desc=f"select {method}", disable=not progress, leave=False):
         params = resolve_setting(setting, len(db))
+        if not feasible(params, len(db)):
+            continue
         res = evaluate(run(method, query, db, **params)[0], gnd)
         sweep.append(dict(setting=setting, params=params, criterion=criterion(res),
                           **{p: res[p]["map"] for p in ("easy", "medium", "hard") if p in res}))
+    if not sweep:
+        raise ValueError(f"{method}: no setting of its grid fits a validation db of {len(db)} images")
     best = max(range(len(sweep)), key=lambda i: (sweep[i]["criterion"], -i))  # ties: the earlier (cheaper) one
     return dict(method=method, selected=sweep[best]["setting"], params=sweep[best]["params"],
                 criterion=sweep[best]["criterion"], sweep=sweep)

@@ -115,13 +115,13 @@ def _intervals(rows: list[tuple[str, str, dict]], groups: dict, every: dict | No
                 continue
             cells[(dataset, ref)] = ("(reference)", "(reference)", "")
             for label, iv in cmp["rows"].items():
-                cells[(dataset, label)] = (format_interval(iv["medium"]), format_interval(iv["hard"]), ref)
+                cells[(dataset, label)] = (format_interval(iv.get("medium")), format_interval(iv.get("hard")), ref)
             # the claim: among the rows at their chosen settings (a "before selection" row is a reference point)
             cmp = compare_rows({n: mine[n] for n in [ref, *labels] if "before selection" not in n}, g, reference=ref)
             if cmp["best"] is not None:
                 b = cmp["best_vs_runner_up"]
                 claims.append(f"- `{dataset}`: best {cmp['best']} − runner-up {cmp['runner_up']}: M "
-                              f"{format_interval(b['medium'])}, H {format_interval(b['hard'])} → **{cmp['verdict']}**")
+                              f"{format_interval(b.get('medium'))}, H {format_interval(b.get('hard'))} → **{cmp['verdict']}**")
     return cells, claims
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..catalog import PUBLISHED
 from ..config import data_dir, smoke
-from ..datasets import (REAL_TEST, DistractedDataset, dataset_name, distractor_set_name, generate, get_test, load_sfm,
-                        val_name)
+from ..datasets import (REAL_TEST, DistractedDataset, dataset_name, distractor_set_name, generate, get_test,
+                        is_synthetic, load_sfm, train_name, val_name)
 from ..extract import extract_prefix_cached, extract_test_set_cached, extract_vectors_cached, model_fingerprint
 from ..io import atomic_write_json
 from ..models import load_model
@@ -73,20 +73,26 @@ class Run:
 
     def test_set(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None,
                  distractors: str | None = None):
-        """The test set (:func:`~retrieval.datasets.get_test`); ``synth`` is the run's benchmark."""
-        b = self.benchmark(preset, data_seed)
+        """The test set (:func:`~retrieval.datasets.get_test`); ``synth`` is the run's benchmark, a real or
+        imported name is that set (``preset`` / ``data_seed`` then unused)."""
+        b = self.benchmark(preset, data_seed) if is_synthetic(dataset) else dict(preset="default", difficulty=1.0,
+                                                                                   data_seed=0)
         return get_test(dataset, b["preset"], difficulty=b["difficulty"], seed=b["data_seed"], distractors=distractors)
 
     def train_name(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None) -> str:
-        """The training split that goes with ``dataset`` (the run's benchmark's for ``synth``)."""
+        """The training split that goes with ``dataset``: the run's benchmark's for ``synth``, SfM-120k for a
+        real set, an imported set's own (:func:`~retrieval.datasets.train_name`: FileNotFoundError when it was
+        imported without one)."""
         if dataset in REAL_TEST:
             return "retrieval-SfM-120k"
+        if not is_synthetic(dataset):
+            return train_name(dataset)
         b = self.benchmark(preset, data_seed)
         return dataset_name(b["preset"], b["difficulty"], b["data_seed"])
 
     def train_splits(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None) -> dict:
         """``{"train": ..., "val": ...}`` of :meth:`train_name` (the synthetic one rendered if missing)."""
-        if dataset not in REAL_TEST:
+        if is_synthetic(dataset):
             b = self.benchmark(preset, data_seed)
             generate(b["preset"], difficulty=b["difficulty"], seed=b["data_seed"], progress=False)
         return load_sfm(data_dir(), self.train_name(dataset, preset, data_seed))
