@@ -12,7 +12,7 @@ from .synthetic import PRESETS, dataset_name, generate, val_name
 from .tuples import TupleMiner, TuplesDataset, cid2filename, load_sfm
 from ..config import data_dir
 from .distractors import (DistractedDataset, add_distractors, check_spec, distractor_set_name, parse_spec, r1m_paths,
-                          render_distractors, synth_distractor_paths)
+                          render_distractors, synth_distractor_paths, synth_spec)
 from .importer import import_collection, imported_names
 
 
@@ -108,7 +108,7 @@ def train_name(dataset: str = "synth", preset: str = "default", difficulty: floa
 
 __all__ = ["CLASSIC_TEST", "DistractedDataset", "PRESETS", "REAL_TEST", "REVISITED_TEST", "RevisitedDataset",
            "add_distractors", "check_spec", "cid2filename", "crop_bbx", "dataset_name", "distractor_set_name",
-           "parse_spec", "render_distractors", "synth_distractor_paths", "val_name",
+           "parse_spec", "render_distractors", "synth_distractor_paths", "synth_spec", "val_name",
            "generate", "get_test", "import_collection", "imported_names", "is_synthetic", "load_image", "load_test",
            "load_revisited", "load_sfm", "resize_longer",
            "resolve_name", "train_name", "validate_gnd", "TupleMiner", "TuplesDataset"]

@@ -84,6 +84,14 @@ def parse_spec(distractors: str | None) -> tuple[str, int] | None:
                      "synthetic distractors, e.g. 'synth-10k')")
 
 
+def synth_spec(n: int) -> str:
+    """The ``distractors`` value naming the first ``n`` rendered distractors: ``synth-5k`` for whole
+    thousands, else ``synth-<n>`` (the inverse of :func:`parse_spec`)."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return f"synth-{n // 1000}k" if n % 1000 == 0 else f"synth-{n}"
+
+
 def check_spec(distractors: str | None) -> int | None:
     """The count a ``distractors`` value names (R1M parts or rendered images), None for None; ValueError
     naming the parameter when it does not parse (:func:`parse_spec`)."""

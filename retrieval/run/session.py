@@ -13,7 +13,7 @@ import numpy as np
 from ..catalog import PUBLISHED
 from ..config import data_dir, smoke
 from ..datasets import (REAL_TEST, DistractedDataset, dataset_name, distractor_set_name, generate, get_test,
-                        is_synthetic, load_sfm, train_name, val_name)
+                        is_synthetic, load_sfm, synth_spec, train_name, val_name)
 from ..extract import extract_prefix_cached, extract_test_set_cached, extract_vectors_cached, model_fingerprint
 from ..io import atomic_write_json
 from ..models import load_model
@@ -70,6 +70,14 @@ class Run:
             print(f"note: {self.paths.root.name} was made on {rec['name']}; this notebook uses "
                   f"preset={out['preset']!r}, data_seed={out['data_seed']} (difficulty {out['difficulty']:g})")
         return out
+
+    def rendered_distractors(self) -> str | None:
+        """The ``distractors`` value naming every distractor ``00_data`` rendered for the run's benchmark
+        (``synth-5k`` for 5,000; :func:`~retrieval.datasets.distractors.synth_spec`), None when it rendered none
+        or the run has no benchmark record."""
+        path = self.paths.benchmark_file
+        n = (json.loads(path.read_text()).get("distractors") or {}).get("n", 0) if path.is_file() else 0
+        return synth_spec(n) if n else None
 
     def test_set(self, dataset: str = "synth", preset: str | None = None, data_seed: int | None = None,
                  distractors: str | None = None):
