@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from retrieval.config import ROOT
 from retrieval.datasets import generate
 
 
@@ -90,3 +92,15 @@ class FakeCuda:
 def fake_cuda(monkeypatch):
     """``fake_cuda(n=1)`` → a :class:`FakeCuda` context (see there); the patches end with the test."""
     return lambda n=1: FakeCuda(monkeypatch, n)
+
+
+@pytest.fixture
+def kernel_env(monkeypatch):
+    """``kernel_env(data)``: notebooks run by the test read the data folder ``data`` and keep Jupyter's,
+    IPython's and matplotlib's folders where the environment says (else ``<repo>/.jupyter``)."""
+    def use(data):
+        monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(data))
+        for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "matplotlib")):
+            monkeypatch.setenv(var, os.environ.get(var) or str(ROOT / ".jupyter" / sub))
+    return use

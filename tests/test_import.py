@@ -542,15 +542,8 @@ def smoke_collection(base: Path) -> Path:
     return write_csv(base / "smoke.csv", rows, ("image", "landmark", "role", "label"))
 
 
-def _kernel_env(monkeypatch, data):  # as tests/test_layout.py runs notebooks: data folder and Jupyter dirs
-    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(data))
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "matplotlib")):
-        monkeypatch.setenv(var, os.environ.get(var) or str(ROOT / ".jupyter" / sub))
-
-
 @pytest.mark.slow
-def test_notebooks_01_02_03_08_run_on_an_imported_set(tmp_path, monkeypatch):
+def test_notebooks_01_02_03_08_run_on_an_imported_set(tmp_path, kernel_env):
     """`run demo --only 01 02 03 08 -p dataset mine -p val_dataset mine-val` (smoke profile): 01 evaluates the
     off-the-shelf network, 02 fine-tunes on the import's training split and picks its whitening on mine-val, 03
     re-ranks with settings chosen on mine-val (the synthetic distractors of its defaults left out; CSA's smoke
@@ -558,7 +551,7 @@ def test_notebooks_01_02_03_08_run_on_an_imported_set(tmp_path, monkeypatch):
     data = tmp_path / "data"
     summary = import_collection(smoke_collection(tmp_path), "mine", data, val_landmarks=4, progress=False)
     assert (summary["test"]["db"], summary["val"]["db"], summary["train"]["images"]) == (3 * 14 + 6, 4 * 14, 36)
-    _kernel_env(monkeypatch, data)
+    kernel_env(data)
     run = tmp_path / "run"
     assert run_cli(["demo", "--profile", "smoke", "--run-dir", str(run), "--only", "01", "02", "03", "08",
                     "-p", "dataset", "mine", "-p", "val_dataset", "mine-val"]) == 0  # 03 drops the synthetic defaults

@@ -111,18 +111,11 @@ def test_two_runs_training_the_same_network_name_never_share_descriptors(tmp_pat
     np.testing.assert_allclose(db, ref, rtol=0, atol=1e-6)
 
 
-def _kernel_env(monkeypatch, data):
-    monkeypatch.setenv("RETRIEVAL_DATA_DIR", str(data))
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "matplotlib")):
-        monkeypatch.setenv(var, os.environ.get(var) or str(ROOT / ".jupyter" / sub))
-
-
 @pytest.mark.slow
-def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_checkout(tmp_path, monkeypatch):
+def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_checkout(tmp_path, kernel_env):
     """`runs demo -p image_size 160 -p data_seed 7` (smoke profile) into a folder outside the checkout: it
     completes, every notebook evaluates on the seed-7 benchmark at 160 px, and nothing lands in the checkout."""
-    _kernel_env(monkeypatch, tmp_path / "data")
+    kernel_env(tmp_path / "data")
     run = tmp_path / "scratch" / "demo"
     assert not run.is_relative_to(ROOT)
     before = sorted(p.name for p in (ROOT / "figures").iterdir())
@@ -177,8 +170,8 @@ def test_demo_with_another_size_and_benchmark_seed_into_a_folder_outside_the_che
 
 
 @pytest.mark.slow
-def test_network_trained_by_torchrun_loads_and_evaluates_in_01(tmp_path, tiny_data, monkeypatch):
-    _kernel_env(monkeypatch, tiny_data)
+def test_network_trained_by_torchrun_loads_and_evaluates_in_01(tmp_path, tiny_data, kernel_env):
+    kernel_env(tiny_data)
     run = tmp_path / "run"
     cfg = dict(train_set="synth-tiny", root=str(tiny_data), backbone="resnet18", image_size=64, qsize=4, poolsize=16,
                nnum=2, batch_size=2, epochs=1, lr=1e-3, warmup_epochs=0, device="cpu", log_every=1,
