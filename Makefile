@@ -33,10 +33,10 @@ env-gpu: env  ## the environment with faiss-gpu (CUDA) in place of faiss-cpu (bo
 data: env  ## generate the embedded synthetic benchmark (default preset) under data/
 	$(PY) -m retrieval.datasets generate --preset default
 
-# parameters of the demo's notebooks, to keep it within 25 minutes on 2 cores: 5,000 rendered distractors
+# parameters of the demo's notebooks, to keep it within 25 minutes on 2 cores: 2,000 rendered distractors
 # (00 renders them, 03 appends all it rendered; the notebooks' default: 10,000) and no Token-recipe GeM arm in 06
 # (trained by the seed runs of docs/reproduce.md); `make demo DEMO_PARAMS=` runs the notebooks' defaults
-DEMO_PARAMS ?= -p n_distractors 5000 -p control_arm false
+DEMO_PARAMS ?= -p n_distractors 2000 -p control_arm false
 
 demo: data  ## run every notebook in order into runs/demo/, figures into figures/, print the summary
 	$(PY) -m retrieval.run demo --run-dir runs/demo --fig-dir figures $(DEMO_PARAMS)

@@ -481,3 +481,26 @@ def test_training_lists_count_the_query_like_the_authors():
         assert int(authors[0]) == i and set(authors.tolist()) == set(ours.tolist())
         # rows = items (the query, then candidates shuffled), columns = anchors in rank order
         torch.testing.assert_close(aff[0], sim[i, authors])
+
+
+def test_dropout_has_torchs_distribution_and_is_identity_in_eval():
+    """retrieval.models.csa.dropout (mask from torch.rand): a share p of the elements zeroed, the others
+    scaled by 1/(1-p), so the expectation is kept; identity in eval and at p = 0; gradients through the mask."""
+    from retrieval.models.csa import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(200, 500) + 0.5
+    y = dropout(x, 0.1, True)
+    zero = (y == 0).float().mean().item()
+    assert abs(zero - 0.1) < 0.005                                      # 100,000 draws: 5 sigma ~ 0.0047
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.9)
+    assert abs(y.mean().item() / x.mean().item() - 1) < 0.01
+    assert torch.equal(dropout(x, 0.1, False), x) and torch.equal(dropout(x, 0.0, True), x)
+    m = Dropout(0.3).eval()
+    assert torch.equal(m(x), x)
+    g = torch.ones(10, requires_grad=True)
+    dropout(g, 0.5, True).sum().backward()
+    assert set(g.grad.unique().tolist()) <= {0.0, 2.0}
+    with pytest.raises(ValueError, match="dropout p"):
+        Dropout(1.0)

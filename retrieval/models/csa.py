@@ -57,6 +57,31 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout as ``F.dropout`` (each element zeroed with probability ``p``, the kept ones scaled by
+    1/(1−p)), its mask drawn with ``torch.rand``: the same distribution, about 1.6x faster on 2 CPU cores than
+    torch's Bernoulli kernel (benchmarks/csa_inference.py's training step; what CSA's training spends most on)."""
+    if not training or p == 0.0:
+        return x
+    return x * ((torch.rand_like(x) >= p).to(x.dtype) * (1.0 / (1.0 - p)))
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module (``nn.Dropout``'s interface: ``p``, train / eval)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, x (B, N, dim) → (B, N, dim); fused ``qkv`` projection, scale
     1/sqrt(dim/heads), dropout ``attn_drop`` on the attention weights, ``proj_drop`` after ``proj``."""
@@ -70,12 +95,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = float(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if self.training and self.attn_drop > 0:  # weights, then :func:`dropout` on them (SDPA's own is slower)
+            a = (q @ k.transpose(-2, -1) * (C // self.heads) ** -0.5).softmax(dim=-1)
+            y = dropout(a, self.attn_drop, True) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -87,7 +116,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -127,9 +156,9 @@ class CSA(nn.Module):
         super().__init__()
         self.L, self.dim = positive_int("L", L), positive_int("dim", dim)
         positive_int("depth", depth)
-        self.sim_drop = nn.Dropout(drop)
+        self.sim_drop = Dropout(drop)
         self.topk_proj = nn.Linear(L, dim)
-        self.pos_drop = nn.Dropout(drop)
+        self.pos_drop = Dropout(drop)
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias, drop, attn_drop, r)
                                     for r in rates)
