@@ -273,8 +273,8 @@ def _selections(record: dict) -> list[str]:
             secs = next(r["train_seconds"] for r in sel["sweep"] if (r["setting"]["epochs"], r["setting"]["lr"]) == (e, lr))
             lines.append(f"| {e} | {lr:g} | " + " | ".join(cells) + f" | {secs:.0f} |")
         lines += ["", f"Swept by `{prov.get('command')}` (commit `{str(prov.get('commit'))[:12]}`, {prov.get('date')}, "
-                  f"{_machine(prov.get('machine') or {})}); later runs train only the chosen (epochs, lr) "
-                  f"(`csa_grid`), choosing K on their own model.", ""]
+                  f"{_machine(prov.get('machine') or {})}){'; ' + prov['note'] if prov.get('note') else ''}; later runs "
+                  f"train only the chosen (epochs, lr) (`csa_grid`), choosing K on their own model.", ""]
     return lines
 
 
