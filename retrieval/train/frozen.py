@@ -1,9 +1,11 @@
 """What a frozen backbone prefix gives, computed once per training image and view and read back every epoch.
 
 A task that trains only the last blocks of a network (Token's ``train_blocks``; a GeM arm with the same
-recipe) spends most of a CPU step in the frozen blocks' forward pass and in decoding and resizing the
-image. Those outputs do not change during training (frozen weights, BatchNorm in eval mode), so they are
-computed once per (image, view) and stored under the run; an epoch then reads them instead. A *view* is one
+recipe) recomputes, every epoch, the frozen blocks' forward pass and the image's decoding and resizing. Those
+outputs do not change during training (frozen weights, BatchNorm in eval mode), so they are computed once per
+(image, view) and stored under the run; an epoch then reads them instead. What it saves depends on the share
+of the step the frozen part takes: 1.08x for 06's recipe (EfficientNet-Lite0, ``train_blocks=1``, 128 px),
+where the trained last block and the head dominate (``benchmarks/README.md``). A *view* is one
 fixed random crop of an image (``views`` of them per image, view ``v`` of image ``j`` seeded by
 ``(seed, v, j)``: :class:`~retrieval.datasets.training.LabelledImages` with ``key_by_image``); epoch ``e``
 uses view ``e mod views``. The uncached loop with the same ``views`` sees the very same crops, so one cached
