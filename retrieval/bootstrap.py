@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .metrics import medium_hard_mean
+
 
 def paired_bootstrap(ap_a: Sequence[float], ap_b: Sequence[float], groups: Sequence, n_boot: int = 10_000,
                      seed: int = 0, level: float = 0.95) -> dict:
@@ -61,13 +63,6 @@ def format_interval(iv: dict | None, scale: float = 100.0) -> str:
     return f"{scale * iv['diff']:+.2f} [{scale * iv['low']:+.2f}, {scale * iv['high']:+.2f}]"
 
 
-def _score(result: dict) -> float:
-    """The mean of Medium and Hard mAP (:func:`retrieval.rerank.select.criterion`'s rule: a protocol whose
-    mAP is NaN, e.g. Hard on a set without hard positives, is left out)."""
-    vals = [result[p]["map"] for p in ("medium", "hard") if p in result and np.isfinite(result[p]["map"])]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
                  protocols: Sequence[str] = ("medium", "hard"), n_boot: int = 10_000, seed: int = 0,
                  contenders: Sequence[str] | None = None) -> dict:
@@ -98,7 +93,7 @@ def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
     out = dict(reference=ref, rows=rows, best=None, runner_up=None, best_vs_runner_up={}, verdict=None)
     eligible = [n for n in have if contenders is None or n in contenders]
     if len(eligible) >= 2 and set(protocols) <= {"medium", "hard"}:
-        best, runner_up = sorted(eligible, key=lambda n: -_score(have[n]))[:2]
+        best, runner_up = sorted(eligible, key=lambda n: -medium_hard_mean(have[n]))[:2]
         out.update(best=best, runner_up=runner_up, best_vs_runner_up=diff(best, runner_up))
         out["verdict"] = verdict(list(out["best_vs_runner_up"].values()))
     return out

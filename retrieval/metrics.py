@@ -206,6 +206,14 @@ def result_protocols(result: Mapping) -> tuple[str, ...]:
     return found
 
 
+def medium_hard_mean(result: Mapping) -> float:
+    """Mean of Medium and Hard mAP of an :func:`evaluate` result, leaving out a protocol whose mAP is NaN
+    (no query has positives there, e.g. Hard of an imported set without hard labels); NaN when both are.
+    The lab's one score for choosing settings and ranking rows."""
+    vals = [result[p]["map"] for p in ("medium", "hard") if p in result and np.isfinite(result[p]["map"])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def label_map(vecs, labels) -> float:
     """Leave-one-out mAP of descriptors ``vecs`` (N, D) with class ``labels`` (N,): each item
     queries the N − 1 others by inner product, positives share its label (items alone in their

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_json, jsonable, read_json
-from ..metrics import evaluate
+from ..metrics import evaluate, medium_hard_mean
 
 _K = [1, 2, 3, 5, 10, 20, 30, 50]      # 20 was the edge on the synthetic benchmark (~48 positives a query)
 _ALPHA = [0.0, 1.0, 3.0, 5.0]
@@ -45,10 +45,10 @@ CSA_GRID: dict[str, list] = {"epochs": [10, 30], "lr": [0.03, 0.1, 0.3]}
 def criterion(result: Mapping) -> float:
     """The selection criterion: mean of Medium and Hard mAP of an evaluate() result; a protocol whose mAP
     is NaN (no query has positives there, e.g. Hard of an imported set without hard labels) is left out."""
-    vals = [result[p]["map"] for p in ("medium", "hard") if p in result and np.isfinite(result[p]["map"])]
-    if not vals:
+    score = medium_hard_mean(result)
+    if np.isnan(score):
         raise ValueError("criterion: neither Medium nor Hard mAP is finite (no query has positives)")
-    return float(np.mean(vals))
+    return score
 
 
 #: parameters that count neighbours among the db images: a setting needs fewer than the db holds

@@ -99,11 +99,10 @@ def token_classification(config: dict):
         ds = LabelledImages(split, idx, labels[idx], cfg["image_size"], model.meta["mean"], model.meta["std"],
                             augment=cfg["augment"], crop_scale=cfg["crop_scale"], seed=cfg["seed"],
                             key_by_image=views is not None)
-        view = epoch if views is None else epoch % int(views)
-        ds.set_epoch(view if cfg["augment"] else 0)
+        view = (epoch if views is None else epoch % int(views)) if cfg["augment"] else 0  # crops only with augment
+        ds.set_epoch(view)
         if cache is None:
             return ds
-        view = view if cfg["augment"] else 0
         cache.fill(lambda k: ds[k][0], idx, view, cfg["batch_size"], resolve_device(cfg["device"]), progress=is_main())
         return cache.dataset(idx, view, labels[idx])
 
