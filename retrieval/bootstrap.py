@@ -56,6 +56,31 @@ def verdict(intervals: Sequence[dict]) -> str:
     return "holds" if all(iv["excludes_zero"] for iv in intervals) and len(signs) == 1 else "inconclusive"
 
 
+def pooled_bootstrap(parts: Sequence[tuple[Sequence[float], Sequence[float], Sequence]], n_boot: int = 10_000,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """One paired bootstrap over several benchmarks (``../shared/protocol.md``, "Seeds"): ``parts`` holds one
+    ``(ap_a, ap_b, groups)`` per benchmark (e.g. per seed's rendering); every query joins one pool and the
+    landmarks of different parts stay different groups (a label is prefixed with its part's index), so a
+    resample draws from all their landmarks at once. Same output as :func:`paired_bootstrap`."""
+    if not parts:
+        raise ValueError("pooled_bootstrap of no benchmarks")
+    a = np.concatenate([np.asarray(p[0], dtype=np.float64) for p in parts])
+    b = np.concatenate([np.asarray(p[1], dtype=np.float64) for p in parts])
+    groups = [f"{i}:{g}" for i, p in enumerate(parts) for g in np.asarray(p[2]).tolist()]
+    return paired_bootstrap(a, b, groups, n_boot=n_boot, seed=seed, level=level)
+
+
+def claim_verdict(pooled: dict, per_seed: Sequence[dict]) -> str:
+    """The verdict on a claim "A > B" (``../shared/protocol.md``): ``holds`` when the pooled interval of A − B
+    lies above 0 and every seed's mean difference is positive; ``refuted`` when the pooled interval lies
+    below 0; ``inconclusive`` otherwise."""
+    if pooled["low"] > 0 and all(iv["diff"] > 0 for iv in per_seed):
+        return "holds"
+    if pooled["high"] < 0:
+        return "refuted"
+    return "inconclusive"
+
+
 def format_interval(iv: dict | None, scale: float = 100.0) -> str:
     """``+1.23 [-0.40, +2.95]`` (×``scale``); ``n/a`` for None (a protocol no query could score)."""
     if iv is None:

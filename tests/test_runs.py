@@ -90,3 +90,20 @@ def test_whitening_choice_round_trip(tmp_path):
     path, alpha = whitening_path("gem-x", "val")
     assert alpha == 0.25 and path == tmp_path / "train_global" / "whitening_lw0.25_gem-x.npz"
     assert whitening_path("gem-x", 0.5) == (tmp_path / "train_global" / "whitening_lw0.5_gem-x.npz", 0.5)
+
+
+def test_a_later_pass_keeps_the_passes_before_it(tmp_path, monkeypatch):
+    """run.json of a run completed by ``--only`` passes names every pass (its command, commit, notebooks); a
+    whole run starts the record afresh."""
+    import papermill
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)  # the notebooks themselves: elsewhere
+    run = tmp_path / "run"
+    nbrun.run_notebooks(run, profile="smoke", progress=False, command=["first"])
+    nbrun.run_notebooks(run, profile="smoke", only=["03"], progress=False, command=["second"])
+    nbrun.run_notebooks(run, profile="smoke", only=["05", "07"], progress=False, command=["third"])
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["command"] == "third" and rec["notebooks"] == ["05_asymmetric.ipynb", "07_dir_experiments.ipynb"]
+    assert [e["command"] for e in rec["earlier"]] == ["second", "first"] and len(rec["earlier"][1]["notebooks"]) == 9
+    assert all("earlier" not in e for e in rec["earlier"])
+    nbrun.run_notebooks(run, profile="smoke", progress=False, command=["again"])
+    assert "earlier" not in json.loads((run / "run.json").read_text())

@@ -23,6 +23,7 @@ from ..metrics import ALL_PROTOCOLS, PROTOCOL_LABELS
 from ..rerank.select import at_edge
 from .layout import RunLayout
 from .store import load_metrics
+from .verdicts import render_verdicts
 
 RESULTS = ROOT / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
@@ -179,7 +180,11 @@ def _provenance(record: dict) -> list[str]:
             + (f", parameters `{json.dumps(params, sort_keys=True)}`" if params else "") + ")",
             f"- commit `{run.get('commit')}`, {run.get('date')}{took}",
             f"- machine: {_machine(run.get('machine') or {})}"] + \
-        (["- minutes per notebook: " + ", ".join(f"{nb[:2]} {s / 60:.1f}" for nb, s in per.items())] if per else [])
+        (["- minutes per notebook: " + ", ".join(f"{nb[:2]} {s / 60:.1f}" for nb, s in per.items())] if per else []) + \
+        [f"- an earlier pass: `{e.get('command')}` (commit `{e.get('commit')}`, {e.get('date')}, notebooks "
+         + ", ".join(nb[:2] for nb in e.get("notebooks") or []) + (f", {e['seconds'] / 60:.1f} min"
+                                                                   if isinstance(e.get("seconds"), (int, float)) else "")
+         + ")" for e in run.get("earlier") or []]
 
 
 _STATS_ROWS = (("queries", "queries"), ("query landmarks", "query_landmarks"), ("part queries", "part_queries"),
@@ -284,6 +289,7 @@ def render_results(records: list[dict]) -> str:
              "Rendered by `python -m retrieval.run report` from the committed run records under `results/`",
              "(`python -m retrieval.run record RUN_DIR --name NAME` makes one); do not edit by hand.",
              "mAP and mP@10 ×100; E/M/H: the revisited protocols' Easy, Medium and Hard.", ""]
+    lines += render_verdicts(records)
     for record in records:
         datasets = sorted(record["metrics"])
         lines += [f"## `{record['name']}` ({', '.join(datasets)})", ""] + _provenance(record) + [""]
