@@ -277,3 +277,20 @@ def test_select_shrinkage_is_the_grid_argmax_of_val_map():
     assert tie == 0.5 and len(tmap) == 1
     with pytest.raises(ValueError, match="no shrinkage"):
         select_shrinkage(X, q, p, Xv, labels, grid=())
+
+
+def test_pca_whitening_shrinkage_whitens_the_shrunk_covariance():
+    """With shrinkage α the whitened training data has the covariance C·S⁻¹ where S = (1−α)C + α(trC/D)I:
+    identity at α = 0, C/(trC/D) (no whitening, only scaling) at α = 1, and its eigenvalues computed here."""
+    X = correlated()
+    C = np.cov(X, rowvar=False, bias=True)
+    D = C.shape[0]
+    for a in (0.0, 0.3, 1.0):
+        w = learn_pca_whitening(X, shrinkage=a)
+        Z = w.transform(X)
+        S = (1 - a) * C + a * np.trace(C) / D * np.eye(D)
+        expected = np.sort(np.linalg.eigvals(np.linalg.solve(S, C)).real)
+        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(np.cov(Z, rowvar=False, bias=True))), expected, rtol=1e-6)
+        assert w.meta["shrinkage"] == a
+    with pytest.raises(ValueError, match="shrinkage must be in"):
+        learn_pca_whitening(X, shrinkage=1.5)

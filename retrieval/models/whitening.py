@@ -143,7 +143,8 @@ def _floor(lam: np.ndarray, eps: float) -> np.ndarray:
     return np.maximum(lam, eps * max(float(lam[0]), np.finfo(np.float64).tiny))
 
 
-def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bool = True) -> Whitening:
+def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bool = True,
+                        shrinkage: float = 0.0) -> Whitening:
     """PCA-whitening learned on descriptors X (N, D) (e.g. the database side).
 
     m = mean of X; C = (1/N)·Σ (x − m)(x − m)ᵀ = V·Λ·Vᵀ (eigenvalues decreasing);
@@ -151,6 +152,8 @@ def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bo
     data has zero mean and identity covariance (within the kept dimensions). Eigenvalues are
     floored at ``eps``·λ_max; with N ≤ D the trailing directions are not estimable (a warning is
     given when they are kept). ``whiten=False``: plain PCA, P = V_kᵀ (kind ``"pca-nowhiten"``).
+    ``shrinkage`` α > 0 first replaces C by (1 − α)·C + α·(tr C / D)·I (Ledoit & Wolf, 2004): the small,
+    poorly estimated eigenvalues are raised, so whitening no longer blows up their noise (0: the paper's).
     """
     X = _as_2d(X)
     N, D = X.shape
@@ -160,11 +163,11 @@ def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bo
                       "directions have non-zero variance", RuntimeWarning, stacklevel=2)
     m = X.mean(axis=0)
     Xc = X - m
-    lam, V = _eigh_desc(Xc.T @ Xc / N)
+    lam, V = _eigh_desc(_shrink(Xc.T @ Xc / N, shrinkage))
     lam = _floor(lam, eps)
     P = (V[:, :k] / np.sqrt(lam[:k])).T if whiten else V[:, :k].T.copy()
     return Whitening(m, P, "pca" if whiten else "pca-nowhiten",
-                     dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist()))
+                     dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist(), shrinkage=shrinkage))
 
 
 def _shrink(C: np.ndarray, shrinkage: float, name: str = "shrinkage") -> np.ndarray:
