@@ -67,9 +67,10 @@ def test_evaluate_claim_pools_the_seeds_and_takes_the_strongest_b():
     assert "no distractors set" in V.evaluate_claim(claim, _records([0, 0, 0]), "distractors")["missing"]
 
 
-def test_render_verdicts_needs_the_three_seed_records(monkeypatch):
+def test_render_verdicts_takes_the_seed_records(monkeypatch):
     recs = _records([0.02, 0.04, 0.06])
-    assert V.render_verdicts(recs[:2]) == []
+    assert V.render_verdicts([dict(r, name=f"demo{i}") for i, r in enumerate(recs)]) == []  # no seed record
+    assert [r["name"] for r in V.seed_records([recs[2], recs[0], dict(recs[1], name="seed10")])] == ["seed0", "seed2", "seed10"]
     monkeypatch.setattr(V, "CLAIMS", (V.Claim("CSA", "CSA > DBA", "{fs}+csa", ("{fs}+dba",), "paper fig", "GPU",
                                               ("test", "distractors")),))
     lines = V.render_verdicts(recs, n_boot=500)
@@ -77,3 +78,30 @@ def test_render_verdicts_needs_the_three_seed_records(monkeypatch):
     assert "(9 landmarks)" in row and "+4.00 [+" in row and "+2.0 / +2.0, +4.0 / +4.0, +6.0 / +6.0" in row
     assert "**holds**" in row and "paper fig" in row and "GPU" in row
     assert any("not measured" in line and "no distractors set" in line for line in lines)
+
+
+def test_the_results_page_decides_every_claim_from_the_seed_records():
+    """The committed page's verdict table: every claim is measured in all three seed records (none "not
+    measured"), and one claim's pooled interval, recomputed here from the raw per-query APs of the records with
+    paired_bootstrap over seed-prefixed landmarks, is the one the page shows."""
+    from retrieval.bootstrap import format_interval
+    from retrieval.run import report as R
+
+    seeds = V.seed_records(R.load_records())
+    assert len(seeds) >= 2, "results/seed<N>: fewer than two seed runs committed"
+    page = R.RESULTS_PAGE.read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "landmarks) |" in line]
+    assert len(rows) == sum(len(c.sets) for c in V.CLAIMS) and "not measured" not in page
+    claim = next(c for c in V.CLAIMS if c.a == "gem-efficientnet_lite0")  # fine-tuning: 02's row against 01's
+    a, b, g = [], [], []
+    for i, rec in enumerate(seeds):
+        test = next(d for d in rec["metrics"] if "+" not in d)
+        rows_ = rec["metrics"][test]
+        a += [np.nan if v is None else v for v in rows_[claim.a]["ap"]["hard"]]
+        b += [np.nan if v is None else v for v in rows_[claim.b[0]]["ap"]["hard"]]
+        g += [f"{i}/{x}" for x in rec["benchmark"]["query_landmarks"][test]]
+    iv = paired_bootstrap(np.array(a), np.array(b), g)
+    assert iv["n_groups"] == sum(len(set(r["benchmark"]["query_landmarks"][next(d for d in r["metrics"] if "+" not in d)]))
+                                 for r in seeds)
+    row = next(line for line in rows if f"| {claim.claim} |" in line)
+    assert format_interval(iv) in row

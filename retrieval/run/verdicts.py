@@ -1,7 +1,8 @@
 """The verdict table: each seed paper's headline claim, decided over the three seed runs' committed records.
 
 The seed runs (``docs/reproduce.md``) render three benchmarks (``data_seed`` 0, 1, 2: other landmarks) and
-train with the same seed; their records are ``results/seed0`` … ``seed2``. A claim "A > B" is decided by one
+train with the same seed; their records are ``results/seed0`` … ``seed2`` (every committed ``seed<N>`` record
+counts). A claim "A > B" is decided by one
 paired bootstrap over the pooled per-query APs of the three test sets (their query landmarks are the groups;
 :func:`~retrieval.bootstrap.pooled_bootstrap`), each seed's own interval beside it, and the rule of
 ``../shared/protocol.md`` (:func:`~retrieval.bootstrap.claim_verdict`) applied to Medium and to Hard.
@@ -10,6 +11,7 @@ paired bootstrap over the pooled per-query APs of the three test sets (their que
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from ..bootstrap import claim_verdict, format_interval, paired_bootstrap, pooled_bootstrap
 from ..metrics import medium_hard_mean
 
-SEED_RECORDS = ("seed0", "seed1", "seed2")
+SEED_RECORDS = re.compile(r"^seed\d+$")  # the seed runs' record names
 PROTOCOLS = ("medium", "hard")
 
 
@@ -160,26 +162,26 @@ def evaluate_claim(claim: Claim, records: list[dict], kind: str = "test", n_boot
     return out
 
 
-def seed_records(records: list[dict]) -> list[dict] | None:
-    """The records of the three seed runs (:data:`SEED_RECORDS`), or None while one is not committed."""
-    by_name = {r["name"]: r for r in records}
-    return [by_name[n] for n in SEED_RECORDS] if all(n in by_name for n in SEED_RECORDS) else None
+def seed_records(records: list[dict]) -> list[dict]:
+    """The records of the seed runs (names ``seed<N>``, :data:`SEED_RECORDS`), by seed."""
+    return sorted((r for r in records if SEED_RECORDS.match(r["name"])), key=lambda r: int(r["name"][4:]))
 
 
 def render_verdicts(records: list[dict], n_boot: int = 10_000) -> list[str]:
-    """The verdict table's markdown lines (empty without the three seed records)."""
+    """The verdict table's markdown lines (empty without a seed record)."""
     seeds = seed_records(records)
-    if seeds is None:
+    if not seeds:
         return []
-    lines = ["## Verdicts: the seed papers' claims over three seeds", "",
-             f"From the records {', '.join(f'`{n}`' for n in SEED_RECORDS)} (their sections below: commands, "
-             "machine, every row). Each seed renders its own benchmark (`data_seed` = `seed`: other landmarks) and "
-             "trains with that seed. Δ = A − B, mAP ×100, Medium and Hard; the pooled interval is one paired "
-             "bootstrap (10,000 resamples) over the query landmarks of the three test sets together; per seed: "
-             "each seed's mean Δ. **holds**: the pooled interval lies above 0 and every seed's Δ is positive; "
-             "**refuted**: the pooled interval lies below 0; otherwise **inconclusive** (`../shared/protocol.md`). "
-             "Where B lists several rows, the strongest of them over the seeds is taken (named). Settings: each "
-             "seed's own validation benchmark chose them (CSA's epochs and lr: `seed0`'s sweep, `results/demo`).",
+    names = ", ".join(f"`{r['name']}`" for r in seeds)
+    lines = [f"## Verdicts: the seed papers' claims over {len(seeds)} seed{'s' * (len(seeds) > 1)}", "",
+             f"From the records {names} (their sections below: commands, machine, every row). Each seed renders "
+             "its own benchmark (`data_seed` = `seed`: other landmarks) and trains with that seed. Δ = A − B, mAP "
+             "×100, Medium and Hard; the pooled interval is one paired bootstrap (10,000 resamples) over the query "
+             "landmarks of the seeds' test sets together; per seed: each seed's mean Δ. **holds**: the pooled "
+             "interval lies above 0 and every seed's Δ is positive; **refuted**: the pooled interval lies below 0; "
+             "otherwise **inconclusive** (`../shared/protocol.md`). Where B lists several rows, the strongest of them "
+             "over the seeds is taken (named). Settings: each seed's own validation benchmark chose them (CSA's "
+             "epochs and lr: the sweep recorded in `results/demo/selection/`).",
              "", "| paper | claim (A > B) | set | paper's figure | ΔM pooled [95 % CI] | ΔH pooled [95 % CI] | "
              "ΔM / ΔH per seed | verdict | what would change it |",
              "| --- | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
