@@ -1,4 +1,4 @@
-"""The verdict table: each seed paper's headline claim, decided over the three seed runs' committed records.
+"""The verdict table: each seed paper's headline claim, decided over the seed runs' committed records.
 
 The seed runs (``docs/reproduce.md``) render three benchmarks (``data_seed`` 0, 1, 2: other landmarks) and
 train with the same seed; their records are ``results/seed0`` … ``seed2`` (every committed ``seed<N>`` record
