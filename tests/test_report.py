@@ -35,8 +35,8 @@ def test_record_round_trip_and_rendered_numbers(tmp_path):
     RunLayout(run_dir).run_file.write_text(json.dumps(prov))
     with pytest.raises(ValueError, match="letters, digits"):
         R.record_run(run_dir, "../x", tmp_path / "results")
-    out = R.record_run(run_dir, "demo", tmp_path / "results")
-    assert json.loads((out / "run.json").read_text()) == prov
+    out = R.record_run(run_dir, "demo", tmp_path / "results", note="shared cores")
+    assert json.loads((out / "run.json").read_text()) == dict(prov, note="shared cores")
     records = R.load_records(tmp_path / "results")
     assert [r["name"] for r in records] == ["demo"] and records[0]["metrics"]["synth-default"]["gem"]["recorded"][
         "notebook"] == "01_extract_features"
@@ -44,6 +44,7 @@ def test_record_round_trip_and_rendered_numbers(tmp_path):
     assert "### 01_extract_features" in page and "### 03_rerank" in page and "Test CPU, 2 cores" in page
     assert "| `gem` | 50.00 | 45.00 | 40.00 | 25.00 | 25.00 |" in page          # E/M/H mAP, M/H mP@10, ×100
     assert "| `+aqe` | 62.50 | 56.25 | 50.00 | 31.25 | 31.25 |" in page
+    assert "- note: shared cores" in page
     assert "commit `abc`, 2026-12-06T00:00:00Z, 10.0 min" in page and "minutes per notebook: 01 2.0, 03 8.0" in page
     with pytest.raises(KeyError, match="README_ROWS"):                      # the README's rows must exist
         R.render_readme_table(records[0])

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(the committed record the docs are rendered from)")
     rec.add_argument("run_dir")
     rec.add_argument("--name", required=True, help="the record's name, e.g. demo")
+    rec.add_argument("--note", help="a line on the run's conditions (e.g. other jobs on the cores), shown with it")
     rep = sub.add_parser("report", help="render docs/results.md and the README's demo table from results/")
     rep.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
     grid = sub.add_parser("sweep", aliases=["grid"], help="run one notebook over a parameter grid (papermill), one "
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(metrics))
     elif args.cmd == "record":
         try:
-            print(f"recorded {args.run_dir} as {record_run(args.run_dir, args.name)}")
+            print(f"recorded {args.run_dir} as {record_run(args.run_dir, args.name, note=args.note)}")
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

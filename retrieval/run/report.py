@@ -44,11 +44,13 @@ README_ROWS = (("01_extract_features", "gem-efficientnet_lite0-untrained"),
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.PathLike = RESULTS) -> Path:
+def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.PathLike = RESULTS,
+               note: str | None = None) -> Path:
     """Copy ``<run_dir>/metrics.json``, ``run.json``, ``benchmark.json`` and the validation sweeps
     ``selection/*.json`` into ``<results_dir>/<name>/`` (atomically); the folder is the committed record of
     that run. FileNotFoundError when the run has no ``run.json`` (a run
-    of :func:`~retrieval.run.notebooks.run_notebooks` that finished writes it)."""
+    of :func:`~retrieval.run.notebooks.run_notebooks` that finished writes it). ``note``: a line on the run's
+    conditions (e.g. shared cores), kept in the record's ``run.json`` and shown with its provenance."""
     if not _NAME.match(name):
         raise ValueError(f"name={name!r}: letters, digits, '.', '_' and '-' only")
     layout = RunLayout(run_dir)
@@ -56,7 +58,8 @@ def record_run(run_dir: str | os.PathLike, name: str, results_dir: str | os.Path
         raise FileNotFoundError(f"{layout.run_file} not found: record a run that python -m retrieval.run demo "
                                 "finished (it writes run.json: machine, commit, date, command)")
     out = resolve(results_dir) / name
-    atomic_write_json(out / "run.json", json.loads(layout.run_file.read_text()))
+    run = json.loads(layout.run_file.read_text())
+    atomic_write_json(out / "run.json", dict(run, note=note) if note else run)
     atomic_write_json(out / "metrics.json", load_metrics(run_dir))
     if layout.benchmark_file.is_file():  # the benchmark's sets and sizes (00_data)
         atomic_write_json(out / "benchmark.json", json.loads(layout.benchmark_file.read_text()))
@@ -180,6 +183,7 @@ def _provenance(record: dict) -> list[str]:
             + (f", parameters `{json.dumps(params, sort_keys=True)}`" if params else "") + ")",
             f"- commit `{run.get('commit')}`, {run.get('date')}{took}",
             f"- machine: {_machine(run.get('machine') or {})}"] + \
+        ([f"- note: {run['note']}"] if run.get("note") else []) + \
         (["- minutes per notebook: " + ", ".join(f"{nb[:2]} {s / 60:.1f}" for nb, s in per.items())] if per else []) + \
         [f"- an earlier pass: `{e.get('command')}` (commit `{e.get('commit')}`, {e.get('date')}, notebooks "
          + ", ".join(nb[:2] for nb in e.get("notebooks") or []) + (f", {e['seconds'] / 60:.1f} min"
