@@ -294,3 +294,14 @@ def test_pca_whitening_shrinkage_whitens_the_shrunk_covariance():
         assert w.meta["shrinkage"] == a
     with pytest.raises(ValueError, match="shrinkage must be in"):
         learn_pca_whitening(X, shrinkage=1.5)
+
+
+def test_pca_whitenings_share_one_decomposition_and_equal_each_learned_alone():
+    from retrieval.models.whitening import pca_whitenings
+    X = correlated()
+    many = pca_whitenings(X, [3, None], [0.0, 0.4])
+    assert set(many) == {(3, 0.0), (3, 0.4), (None, 0.0), (None, 0.4)}
+    for (dim, a), w in many.items():
+        alone = learn_pca_whitening(X, dim, shrinkage=a)
+        np.testing.assert_allclose(w.P, alone.P, atol=1e-9)
+        np.testing.assert_allclose(w.mean, alone.mean)

@@ -155,19 +155,33 @@ def learn_pca_whitening(X, dim: int | None = None, eps: float = 1e-9, whiten: bo
     ``shrinkage`` α > 0 first replaces C by (1 − α)·C + α·(tr C / D)·I (Ledoit & Wolf, 2004): the small,
     poorly estimated eigenvalues are raised, so whitening no longer blows up their noise (0: the paper's).
     """
+    return pca_whitenings(X, [dim], [shrinkage], eps, whiten)[(dim, shrinkage)]
+
+
+def pca_whitenings(X, dims, shrinkages, eps: float = 1e-9, whiten: bool = True) -> dict:
+    """:func:`learn_pca_whitening` for every ``dim`` × ``shrinkage`` from one eigen-decomposition: the shrunk
+    covariance (1 − α)·C + α·(tr C / D)·I has C's eigenvectors and eigenvalues (1 − α)·λ + α·mean(λ), so only
+    the eigenvalues change. Returns ``{(dim, shrinkage): Whitening}``."""
     X = _as_2d(X)
     N, D = X.shape
-    k = _check_dim(dim, D)
-    if k > N - 1:
-        warnings.warn(f"PCA-whitening to {k} dimensions from only {N} descriptors: at most {N - 1} "
-                      "directions have non-zero variance", RuntimeWarning, stacklevel=2)
+    for a in shrinkages:
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"shrinkage must be in [0, 1], got {a}")
+    ks = {dim: _check_dim(dim, D) for dim in dims}
+    if max(ks.values()) > N - 1:
+        warnings.warn(f"PCA-whitening to {max(ks.values())} dimensions from only {N} descriptors: at most {N - 1} "
+                      "directions have non-zero variance", RuntimeWarning, stacklevel=3)
     m = X.mean(axis=0)
     Xc = X - m
-    lam, V = _eigh_desc(_shrink(Xc.T @ Xc / N, shrinkage))
-    lam = _floor(lam, eps)
-    P = (V[:, :k] / np.sqrt(lam[:k])).T if whiten else V[:, :k].T.copy()
-    return Whitening(m, P, "pca" if whiten else "pca-nowhiten",
-                     dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist(), shrinkage=shrinkage))
+    lam0, V = _eigh_desc(Xc.T @ Xc / N)
+    out = {}
+    for a in shrinkages:
+        lam = _floor((1.0 - a) * lam0 + a * lam0.mean(), eps) if a else _floor(lam0, eps)
+        for dim, k in ks.items():
+            P = (V[:, :k] / np.sqrt(lam[:k])).T if whiten else V[:, :k].T.copy()
+            out[(dim, a)] = Whitening(m, P, "pca" if whiten else "pca-nowhiten",
+                                      dict(n_train=N, dim=k, eps=eps, eigvals=lam[:k].tolist(), shrinkage=a))
+    return out
 
 
 def _shrink(C: np.ndarray, shrinkage: float, name: str = "shrinkage") -> np.ndarray:
