@@ -81,6 +81,11 @@ def claim_verdict(pooled: dict, per_seed: Sequence[dict]) -> str:
     return "inconclusive"
 
 
+def recorded_ap(result: dict, protocol: str) -> np.ndarray:
+    """Per-query AP (nq,) of an evaluate() result or a recorded row (its ``"ap"`` lists hold None for NaN)."""
+    return np.array([np.nan if v is None else v for v in result["ap"][protocol]], dtype=float)
+
+
 def format_interval(iv: dict | None, scale: float = 100.0) -> str:
     """``+1.23 [-0.40, +2.95]`` (×``scale``); ``n/a`` for None (a protocol no query could score)."""
     if iv is None:
@@ -104,7 +109,7 @@ def compare_rows(results: dict, groups: Sequence, reference: str | None = None,
     ref = reference if reference is not None else next(iter(have))
 
     def ap(name, p):
-        return np.array([np.nan if v is None else v for v in have[name]["ap"][p]], dtype=float)
+        return recorded_ap(have[name], p)
 
     # a protocol no query can score (e.g. Hard of an imported set without hard positives) has no interval
     protocols = [p for p in protocols if any(np.isfinite(ap(n, p)).any() for n in have)]

@@ -3,7 +3,7 @@
 The seed runs (``docs/reproduce.md``) render three benchmarks (``data_seed`` 0, 1, 2: other landmarks) and
 train with the same seed; their records are ``results/seed0`` … ``seed2`` (every committed ``seed<N>`` record
 counts). A claim "A > B" is decided by one
-paired bootstrap over the pooled per-query APs of the three test sets (their query landmarks are the groups;
+paired bootstrap over the pooled per-query APs of their test sets (their query landmarks are the groups;
 :func:`~retrieval.bootstrap.pooled_bootstrap`), each seed's own interval beside it, and the rule of
 ``../shared/protocol.md`` (:func:`~retrieval.bootstrap.claim_verdict`) applied to Medium and to Hard.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bootstrap import claim_verdict, format_interval, paired_bootstrap, pooled_bootstrap
+from ..bootstrap import claim_verdict, format_interval, paired_bootstrap, pooled_bootstrap, recorded_ap
 from ..metrics import medium_hard_mean
 
 SEED_RECORDS = re.compile(r"^seed\d+$")  # the seed runs' record names
@@ -128,10 +128,6 @@ def _row(rows: dict, pattern: str) -> str | None:
     return found[0][1] if found else None
 
 
-def _ap(res: dict, protocol: str) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in res["ap"][protocol]], dtype=float)
-
-
 def evaluate_claim(claim: Claim, records: list[dict], kind: str = "test", n_boot: int = 10_000) -> dict | None:
     """The claim on ``records`` (one per seed, :func:`~retrieval.run.report.load_records` items): per
     protocol the pooled interval of A − B, each seed's interval and the verdict, and the B taken (the
@@ -153,7 +149,7 @@ def evaluate_claim(claim: Claim, records: list[dict], kind: str = "test", n_boot
     out = dict(a=[s[3] for s in seeds], b=[s[4][b_pat] for s in seeds], b_pattern=b_pat, protocols={},
                n_groups=sum(len(set(g)) for _, _, g, _, _ in seeds), seeds=[s[0] for s in seeds])
     for p in PROTOCOLS:
-        parts = [(_ap(rows[a], p), _ap(rows[bs[b_pat]], p), groups) for _, rows, groups, a, bs in seeds]
+        parts = [(recorded_ap(rows[a], p), recorded_ap(rows[bs[b_pat]], p), groups) for _, rows, groups, a, bs in seeds]
         pooled = pooled_bootstrap(parts, n_boot=n_boot)
         per_seed = [paired_bootstrap(*part, n_boot=n_boot) for part in parts]
         out["protocols"][p] = dict(pooled=pooled, per_seed=per_seed, verdict=claim_verdict(pooled, per_seed))
