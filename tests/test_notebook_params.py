@@ -20,3 +20,18 @@ def test_every_parameter_is_readable_by_papermill(path):
                 if isinstance(t, ast.Name)}
     assert assigned and assigned <= set(pm.inspect_notebook(str(path))), sorted(
         assigned - set(pm.inspect_notebook(str(path))))
+
+
+def test_the_demo_parameters_reach_a_notebook():
+    """Every ``-p NAME`` of the Makefile's ``DEMO_PARAMS`` is a parameter of some notebook (``run demo``
+    refuses the others, so a misspelt name would stop ``make demo`` after the venv is built)."""
+    import re
+    import shlex
+
+    text = (NOTEBOOKS[0].parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = [l for l in text.splitlines() if l.startswith("DEMO_PARAMS ?=")]
+    words = shlex.split(line.split("?=", 1)[1])
+    names = [words[i + 1] for i, w in enumerate(words) if w == "-p"]
+    assert len(names) >= 8 and all(re.fullmatch(r"[a-z_0-9]+", n) for n in names), names
+    declared = set().union(*(pm.inspect_notebook(str(p)) for p in NOTEBOOKS))
+    assert set(names) <= declared, sorted(set(names) - declared)

@@ -6,7 +6,7 @@ import pytest
 
 from retrieval.metrics import evaluate
 from retrieval.rerank import rerank
-from retrieval.rerank.select import (GRIDS, at_edge, criterion, feasible, recorded_selection, resolve_setting,
+from retrieval.rerank.select import (GRIDS, at_edge, best_within, criterion, feasible, recorded_selection, resolve_setting,
                                      save_selection, select_setting, select_trained, settings)
 
 
@@ -82,6 +82,24 @@ def test_select_trained_trains_each_setting_once_and_takes_the_argmax():
     assert at_edge(sel) == ["epochs", "lr", "K"]
     one = select_trained("csa", {}, lambda s: ((1, 0.5), 0.0), score, {"K": [8]}, progress=False)  # a given model
     assert one["selected"] == {"K": 8} and len(one["sweep"]) == 1
+
+
+def test_best_within_a_budget_is_the_argmax_of_the_rows_it_allows():
+    """best_within: the sweep's own choice when it is within the limits; otherwise the best row at or below
+    them (recomputed here by hand), ties to the earlier row; no row within them: an error naming the limits."""
+    def row(epochs, lr, K, c):
+        return dict(setting=dict(epochs=epochs, lr=lr, K=K), params=dict(epochs=epochs, lr=lr, K=K), criterion=c)
+
+    sweep = [row(10, 0.03, 128, 0.62), row(10, 0.03, 320, 0.6346), row(10, 0.1, 320, 0.6346),
+             row(30, 0.03, 512, 0.6464), row(30, 0.1, 320, 0.63)]
+    sel = dict(method="csa", selected=sweep[3]["setting"], params=sweep[3]["params"], criterion=0.6464, sweep=sweep)
+    assert best_within(sel, {"epochs": 30}) is sweep[3]
+    capped = best_within(sel, {"epochs": 10})
+    by_hand = max((r for r in sweep if r["setting"]["epochs"] <= 10), key=lambda r: r["criterion"])
+    assert capped is by_hand is sweep[1]                       # the tie with lr 0.1 goes to the earlier row
+    assert best_within(sel, {"epochs": 10, "lr": 0.05})["setting"] == dict(epochs=10, lr=0.03, K=320)
+    with pytest.raises(ValueError, match="epochs': 5"):
+        best_within(sel, {"epochs": 5})
 
 
 def test_recorded_selection_round_trip_and_refusals(tmp_path):

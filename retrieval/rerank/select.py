@@ -140,6 +140,18 @@ def at_edge(selection: Mapping) -> list[str]:
     return [n for n, vs in values.items() if len(vs) > 1 and selection["selected"][n] in (vs[0], vs[-1])]
 
 
+def best_within(selection: Mapping, limits: Mapping[str, float]) -> dict:
+    """The best row of a sweep (:func:`select_trained` / :func:`select_setting` output) among the settings
+    whose parameters stay at or below ``limits`` (e.g. ``{"epochs": 10}``: a training budget), ties to the
+    earlier (cheaper) row as the sweep's own choice; the selection's own row when it is within them.
+    ValueError when no row is."""
+    rows = [r for r in selection["sweep"] if all(r["setting"].get(p, 0) <= v for p, v in limits.items())]
+    if not rows:
+        raise ValueError(f"no setting of the sweep within {dict(limits)}: its settings go from "
+                         f"{selection['sweep'][0]['setting']} to {selection['sweep'][-1]['setting']}")
+    return max(rows, key=lambda r: (r["criterion"], -selection["sweep"].index(r)))
+
+
 def plot_selection(selections: Mapping[str, Mapping], title: str = ""):
     """One panel per method: the validation criterion (mean of Medium and Hard mAP ×100) against its main
     parameter (the grid's first), the best over its other parameters at each value; the selected setting
