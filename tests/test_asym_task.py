@@ -62,6 +62,24 @@ def test_image_groups_items_and_errors(setup):
         ImageGroups(split, np.zeros((0, 2)), 32)
 
 
+def test_methods_of_one_process_share_the_resized_training_images(setup):
+    """Two methods' datasets (and AML's epochs) read one cache of the resized training images: the second
+    decodes nothing, and its items equal a fresh, uncached dataset's; another size starts a new cache."""
+    from retrieval.tasks import asym
+
+    ds1 = asym_distill(asym_config(**setup, method="regression"))[1]
+    first = [ds1[i] for i in range(4)]
+    ds2 = asym_distill(asym_config(**setup, method="ssp"))[1]
+    assert ds2._cache is ds1._cache and {0, 1, 2, 3} <= set(ds2._cache)
+    fresh = ImageGroups(load_sfm(setup["root"], "synth-tiny")["train"], np.arange(4), setup["image_size"], cache=False)
+    for i in range(4):
+        assert torch.equal(ds2[i][0], fresh[i][0]) and torch.equal(ds2[i][0], first[i][0])
+    aml = asym_distill(asym_config(**setup, method="aml"))[1]
+    assert aml(0)._cache is ds1._cache
+    other = asym_distill(asym_config(**dict(setup, image_size=40), method="regression"))[1]
+    assert other._cache is not ds1._cache and asym._RESIZED == {next(iter(asym._RESIZED)): other._cache}
+
+
 def test_asymmetric_mining_uses_the_pool_describer(setup):
     split = load_sfm(setup["root"], "synth-tiny")["train"]
     G = np.load(setup["gallery_features"])

@@ -6,7 +6,7 @@ import pytest
 
 from retrieval.metrics import evaluate
 from retrieval.rerank import rerank
-from retrieval.rerank.select import (GRIDS, at_edge, best_within, criterion, feasible, recorded_selection, resolve_setting,
+from retrieval.rerank.select import (DBA_METHODS, GRIDS, at_edge, best_within, criterion, feasible, recorded_selection, resolve_setting,
                                      save_selection, select_setting, select_trained, settings)
 
 
@@ -34,6 +34,28 @@ def test_selection_is_the_argmax_of_its_sweep_recomputed():
     best = max(expect)
     assert sel["selected"] == {"dba_k": GRIDS["dba"]["dba_k"][expect.index(best)]}  # first (cheapest) of ties
     assert sel["criterion"] == pytest.approx(best)
+
+
+def test_dba_sweeps_share_one_neighbour_search_and_score_exactly_as_their_own():
+    """The DBA methods' sweeps search the db's k-NN lists once (at the grid's largest k) and hand them to every
+    setting: the sweep is the one each setting gives with its own search, to the last digit (a db with exact
+    duplicates, where the item itself may fall behind its copies, included)."""
+    q, db, gnd = _bench(seed=3)
+    db = np.concatenate([db, db[:5]])                            # five exact duplicates
+    gnd = [dict(g, junk=list(range(len(db) - 5, len(db)))) for g in gnd]
+    calls = []
+
+    def own(method, query, db_, neighbours=None, **kw):          # ignores the shared lists
+        calls.append(neighbours is not None)
+        return rerank(method, query, db_, **kw)
+
+    for method in DBA_METHODS:
+        grid = {k: v[:3] for k, v in GRIDS[method].items()}
+        shared = select_setting(method, q, db, gnd, rerank, grid=grid, progress=False)
+        calls.clear()
+        alone = select_setting(method, q, db, gnd, own, grid=grid, progress=False)
+        assert calls and all(calls)                              # the lists were offered to every setting
+        assert shared["sweep"] == alone["sweep"] and shared["selected"] == alone["selected"]
 
 
 def test_ties_go_to_the_cheaper_setting():

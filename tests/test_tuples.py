@@ -238,6 +238,25 @@ def test_dataset_padding_right_and_bottom(two_images):
         ds[2]
 
 
+def test_dataset_cache_keeps_each_image_for_later_epochs_and_never_with_augment(two_images, monkeypatch):
+    """A shared ``cache``: the next epoch's dataset decodes nothing and gives the same tensors as an uncached
+    one; with ``augment`` (crops change per epoch) the cache is not used."""
+    import retrieval.datasets.tuples as T
+
+    cache, loads = {}, []
+    real = T.load_image
+    monkeypatch.setattr(T, "load_image", lambda p: loads.append(p) or real(p))
+    first = TuplesDataset(two_images, [(0, 1)], image_size=40, cache=cache)[0]
+    assert len(loads) == 2 and set(cache) == {0, 1} and cache[0].dtype == torch.uint8
+    later = TuplesDataset(two_images, [(1, 0)], image_size=40, cache=cache)
+    later.set_epoch(1)
+    assert torch.equal(later[0], first.flip(0)) and len(loads) == 2          # from the cache
+    assert torch.equal(TuplesDataset(two_images, [(0, 1)], image_size=40)[0], first)
+    aug = TuplesDataset(two_images, [(0, 1)], image_size=40, augment=True, seed=3, cache={})
+    aug[0]
+    assert aug._cache is None and len(loads) == 6                            # the uncached one and aug: 2 each
+
+
 def test_dataset_augmentation_is_seeded(two_images):
     tuples = [(0, 1)]
     plain = TuplesDataset(two_images, tuples, image_size=40)

@@ -241,11 +241,12 @@ class TuplesDataset(Dataset):
     ``augment=True`` takes, before the resize, a random crop of ``[crop_scale, 1]`` of each side
     (no flips: landmarks are not mirror-symmetric), drawn from ``default_rng([seed, epoch, i, t])``
     so that it is reproducible whatever the DataLoader workers; ``set_epoch`` changes it. Off by
-    default.
+    default. ``cache``: a dict (split index → resized uint8 image) that keeps each image after its first
+    load, shared with the datasets of later epochs (without ``augment`` only: crops differ per epoch).
     """
 
     def __init__(self, split: dict, tuples, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 augment: bool = False, crop_scale: float = 0.8, seed: int = 0):
+                 augment: bool = False, crop_scale: float = 0.8, seed: int = 0, cache: dict | None = None):
         if "paths" not in split:
             raise ValueError("split lacks 'paths' (load it with load_sfm)")
         if image_size <= 0:
@@ -268,6 +269,7 @@ class TuplesDataset(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.augment, self.crop_scale = bool(augment), float(crop_scale)
         self.seed, self.epoch = _nonneg_int(seed, "seed"), 0
+        self._cache = None if self.augment else cache
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random crops of ``epoch`` (only matters with ``augment``)."""
@@ -290,11 +292,16 @@ class TuplesDataset(Dataset):
     def image(self, idx: int, key: tuple | None = None) -> torch.Tensor:
         """Image ``idx`` of the split as a normalised, padded (3, S, S) tensor; ``key`` (tuple,
         position) seeds the random crop when ``augment`` is on."""
-        img = load_image(self.paths[idx])
-        if self.augment:
-            img = self._crop(img, np.random.default_rng([self.seed, self.epoch, *(key or (0, 0))]))
-        img = resize_longer(img, self.image_size)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        x = self._cache.get(idx) if self._cache is not None else None
+        if x is None:
+            img = load_image(self.paths[idx])
+            if self.augment:
+                img = self._crop(img, np.random.default_rng([self.seed, self.epoch, *(key or (0, 0))]))
+            img = resize_longer(img, self.image_size)
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            if self._cache is not None:
+                self._cache[idx] = x
+        x = x.float() / 255.0
         x = (x - self.mean) / self.std
         out = x.new_zeros((3, self.image_size, self.image_size))
         out[:, :x.shape[1], :x.shape[2]] = x

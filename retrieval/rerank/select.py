@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_json, jsonable, read_json
 from ..metrics import evaluate, medium_hard_mean
+from .base import db_neighbours
 
 _K = [1, 2, 3, 5, 10, 20, 30, 50]      # 20 was the edge on the synthetic benchmark (~48 positives a query)
 _ALPHA = [0.0, 1.0, 3.0, 5.0]
@@ -36,6 +37,9 @@ GRIDS: dict[str, dict[str, list]] = {
     "diffusion": {"diffusion_k": [5, 10, 20, 50], "truncate": [100, 200, 1000]},
     "superglobal": {"superglobal_m": ["8%", "25%", 400], "K": [5, 9, 15, 25], "beta": [0.1, 0.15, 0.3, 0.5, 1.0]},
 }
+
+#: the methods whose db side is a DBA (their sweeps share one k-NN search of the db)
+DBA_METHODS = ("dba", "alpha_dba", "aqe+dba", "alpha_qe+alpha_dba")
 
 #: CSA's training grid (issue 29): epochs (cheaper first) × SGD learning rate; each model is then scored at
 #: every test K of the notebook's ``csa_K_grid`` on the validation benchmark's lists (:func:`select_trained`)
@@ -89,14 +93,22 @@ def select_setting(method: str, query: np.ndarray, db: np.ndarray, gnd: Sequence
     ``(ranks, scores)`` (e.g. :func:`retrieval.rerank.rerank`). Returns ``{"method", "selected"`` (the grid
     setting), ``"params"`` (it made concrete: :func:`resolve_setting`), ``"criterion"``, ``"sweep"``: one
     ``{"setting", "params", "criterion", "easy", "medium", "hard"}`` per setting, cheapest first``}``;
-    settings that do not fit the db (:func:`feasible`) are left out."""
+    settings that do not fit the db (:func:`feasible`) are left out. For the DBA methods (:data:`DBA_METHODS`)
+    ``run`` also gets ``neighbours=``: the db's k-NN lists (:func:`~retrieval.rerank.db_neighbours`) at the
+    grid's largest ``dba_k``, computed once (each setting's DBA takes their first ``dba_k`` columns: the same
+    lists as its own search)."""
     grid = GRIDS[method] if grid is None else grid
-    sweep = []
+    sweep, shared = [], {}
+    if method in DBA_METHODS:  # the db's k-NN lists once, at the grid's largest feasible k (each DBA cuts them)
+        ks = [resolve_setting(s, len(db))["dba_k"] for s in settings(grid)]
+        ks = [k for k in ks if 1 <= k < len(db)]
+        if ks:
+            shared["neighbours"] = db_neighbours(db, max(ks))
     for setting in tqdm(settings(grid), desc=f"select {method}", disable=not progress, leave=False):
         params = resolve_setting(setting, len(db))
         if not feasible(params, len(db)):
             continue
-        res = evaluate(run(method, query, db, **params)[0], gnd)
+        res = evaluate(run(method, query, db, **params, **shared)[0], gnd)
         sweep.append(dict(setting=setting, params=params, criterion=criterion(res),
                           **{p: res[p]["map"] for p in ("easy", "medium", "hard") if p in res}))
     if not sweep:

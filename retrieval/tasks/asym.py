@@ -98,6 +98,17 @@ def init_query_net(model, path) -> None:
 
 
 _POOLED: dict = {}  # (backbone+pool fingerprint, size, paths) -> (N, D_in): shared by the methods of one process
+_RESIZED: dict = {}  # (paths, size) -> {split index: resized uint8 image}: shared by the methods of one process
+
+
+def _resized_images(paths: list, size: int) -> dict:
+    """The :class:`~retrieval.datasets.training.ImageGroups` cache of the training images at ``size``, kept
+    for the next method of this process (the same images, decoded and resized once; the last split only)."""
+    key = (hash(tuple(map(str, paths))), int(size))
+    if key not in _RESIZED:
+        _RESIZED.clear()
+        _RESIZED[key] = {}
+    return _RESIZED[key]
 
 
 def _pooled_train(model, paths: list, size: int, device) -> np.ndarray:
@@ -185,7 +196,7 @@ def asym_distill(config: dict):
         miner = TupleMiner(split, qsize=cfg["qsize"], poolsize=cfg["poolsize"], nnum=cfg["nnum"],
                            seed=cfg["seed"], mode="hard")
         index = {p: i for i, p in enumerate(split["paths"])}
-        cache: dict = {}  # resized images, shared by the epochs' tuple datasets
+        cache = _resized_images(split["paths"], size)  # resized images, shared by the epochs and the methods
 
         def describe(paths):
             return extract_vectors(model, paths, image_size=size, batch_size=cfg["mining_batch_size"],
@@ -196,7 +207,7 @@ def asym_distill(config: dict):
                                 describe_pool=lambda paths: G[[index[p] for p in paths]])
             return ImageGroups(split, tuples, size, mean, std, cache=cache)
     else:
-        data = ImageGroups(split, subset, size, mean, std)
+        data = ImageGroups(split, subset, size, mean, std, cache=_resized_images(split["paths"], size))
 
     def loss_fn(net, batch) -> torch.Tensor:
         images, idx = batch

@@ -57,9 +57,11 @@ def global_tuples(config: dict):
         return extract_vectors(model, paths, image_size=size, batch_size=cfg["mining_batch_size"],
                                device=device, progress=False)
 
+    resized: dict = {}  # the training images decoded and resized once, for every epoch's tuples
+
     def data(epoch: int) -> TuplesDataset:
         tuples = miner.mine(epoch, lambda paths: sharded_extract(describe, paths))
-        ds = TuplesDataset(split, tuples, size, model.meta["mean"], model.meta["std"], seed=cfg["seed"])
+        ds = TuplesDataset(split, tuples, size, model.meta["mean"], model.meta["std"], seed=cfg["seed"], cache=resized)
         ds.set_epoch(epoch)
         return ds
 
