@@ -484,7 +484,7 @@ def test_training_lists_count_the_query_like_the_authors():
 
 
 def test_dropout_has_torchs_distribution_and_is_identity_in_eval():
-    """retrieval.models.csa.dropout (uniform draws below p): a share p of the elements zeroed, the others
+    """retrieval.models.csa.dropout (mask from torch.rand): a share p of the elements zeroed, the others
     scaled by 1/(1-p), so the expectation is kept; identity in eval and at p = 0; gradients through the mask."""
     from retrieval.models.csa import Dropout, dropout
 

@@ -58,20 +58,13 @@ class DropPath(nn.Module):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout as ``F.dropout``: each element zeroed with probability ``p`` (a uniform draw in [0, 1)
-    below ``p``, float32 as ``torch.rand``), the kept ones scaled by 1/(1−p). On CPU the uniforms come
-    from NumPy's PCG64, seeded per call from torch's generator (so ``torch.manual_seed`` fixes them):
-    the same distribution, fewer passes than torch's kernels (once on a 2-core EPYC: forward + backward
-    on (64, 129, 512) 34 → 17 ms; torch's Bernoulli kernel, ``F.dropout``, is slower still). Other
-    devices draw with ``torch.rand_like``."""
+    """Dropout as ``F.dropout`` (each element zeroed with probability ``p``, the kept ones scaled by
+    1/(1−p)), its mask drawn with ``torch.rand``: the same distribution, faster on CPU than torch's Bernoulli
+    kernel (once on a 2-core EPYC: 20 vs 33 ms forward + backward on (64, 129, 512); CSA's demo training step
+    0.36 → 0.32 s, dropout being a third of it)."""
     if not training or p == 0.0:
         return x
-    if x.device.type == "cpu":
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,))))
-        keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p)
-    else:
-        keep = torch.rand_like(x) >= p
-    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))
+    return x * ((torch.rand_like(x) >= p).to(x.dtype) * (1.0 / (1.0 - p)))
 
 
 class Dropout(nn.Module):
